@@ -1,0 +1,357 @@
+//! Settings from the environment, validated once before anything is served.
+//!
+//! Every mistake becomes one [`ConfigError`] line that names the variable and
+//! what it accepts, so a bad rollout fails at start with a readable reason
+//! instead of misbehaving under traffic.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// A configuration mistake: the variable and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Where Redis is, as given by `REDIS_URL`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// The URL exactly as configured (it may carry a password: never log it, use `Display`).
+    pub url: String,
+    pub tls: bool,
+}
+
+impl fmt::Display for RedisTarget {
+    /// The URL with any password replaced, safe for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((credentials, host)) if !host.is_empty() || !credentials.is_empty() => {
+                    let user = credentials.split(':').next().unwrap_or("");
+                    write!(f, "{scheme}://{user}:***@{host}")
+                }
+                _ => write!(f, "{}", self.url),
+            },
+            None => write!(f, "{}", self.url),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisTarget({self})")
+    }
+}
+
+/// The validated configuration of one process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub redis: RedisTarget,
+    /// PEM bundle of the CA that signs the Redis server certificate (only with `rediss://`).
+    pub redis_ca_file: Option<PathBuf>,
+    pub redis_pool_size: usize,
+    pub redis_timeout: Duration,
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub workers: usize,
+    pub max_key_bytes: usize,
+    pub max_batch_keys: usize,
+    pub key_prefix: String,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+    /// After the first sync, how long the master link may stay down before the pod
+    /// stops being ready. `None`: stale reads are always preferred to no reads.
+    pub ready_max_link_down: Option<Duration>,
+    pub replica_poll: Duration,
+}
+
+/// The environment as envy reads it: every variable optional and still text, so
+/// that the checks below can name the variable in their messages.
+#[derive(Debug, Default, Deserialize)]
+struct RawSettings {
+    redis_url: Option<String>,
+    redis_ca_file: Option<String>,
+    redis_pool_size: Option<String>,
+    redis_timeout_ms: Option<String>,
+    listen_addr: Option<String>,
+    admin_addr: Option<String>,
+    workers: Option<String>,
+    max_key_bytes: Option<String>,
+    max_batch_keys: Option<String>,
+    key_prefix: Option<String>,
+    log_format: Option<String>,
+    shutdown_grace_seconds: Option<String>,
+    ready_max_link_down_seconds: Option<String>,
+    replica_poll_ms: Option<String>,
+}
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+impl Settings {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads and validates the given variables (the environment, in production).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        // Empty values count as unset: manifests and shells often export `VAR=`.
+        let vars: HashMap<String, String> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let raw: RawSettings = envy::from_iter(vars)
+            .map_err(|e| ConfigError::new("environment", e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
+        let redis = parse_redis_url(raw.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL))?;
+        let redis_ca_file = match (raw.redis_ca_file, redis.tls) {
+            (Some(path), true) => Some(PathBuf::from(path)),
+            (None, true) => {
+                return Err(ConfigError::new(
+                    "REDIS_CA_FILE",
+                    "required when REDIS_URL uses rediss://: the path of a PEM file with the CA that signs the server certificate",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    "REDIS_CA_FILE",
+                    "only used with a rediss:// REDIS_URL; unset it or switch REDIS_URL to rediss://",
+                ))
+            }
+            (None, false) => None,
+        };
+        let listen_addr = socket_addr("LISTEN_ADDR", raw.listen_addr, "0.0.0.0:8080")?;
+        let admin_addr = socket_addr("ADMIN_ADDR", raw.admin_addr, "0.0.0.0:9090")?;
+        if listen_addr == admin_addr && listen_addr.port() != 0 {
+            return Err(ConfigError::new(
+                "ADMIN_ADDR",
+                format!("must differ from LISTEN_ADDR ({listen_addr}): probes and metrics get their own listener"),
+            ));
+        }
+        let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected 'json' or 'text', got '{other}'"),
+                ))
+            }
+        };
+        Ok(Self {
+            redis,
+            redis_ca_file,
+            redis_pool_size: number("REDIS_POOL_SIZE", raw.redis_pool_size, 1..=256, 2)?,
+            redis_timeout: Duration::from_millis(number(
+                "REDIS_TIMEOUT_MS",
+                raw.redis_timeout_ms,
+                1..=60_000,
+                1000,
+            )?),
+            listen_addr,
+            admin_addr,
+            workers: number("WORKERS", raw.workers, 1..=1024, default_workers)?,
+            max_key_bytes: number("MAX_KEY_BYTES", raw.max_key_bytes, 1..=65_536, 1024)?,
+            max_batch_keys: number("MAX_BATCH_KEYS", raw.max_batch_keys, 1..=10_000, 100)?,
+            key_prefix: raw.key_prefix.unwrap_or_default(),
+            log_format,
+            shutdown_grace: Duration::from_secs(number(
+                "SHUTDOWN_GRACE_SECONDS",
+                raw.shutdown_grace_seconds,
+                0..=3600,
+                10,
+            )?),
+            ready_max_link_down: raw
+                .ready_max_link_down_seconds
+                .map(|v| number("READY_MAX_LINK_DOWN_SECONDS", Some(v), 1..=86_400, 0))
+                .transpose()?
+                .map(Duration::from_secs),
+            replica_poll: Duration::from_millis(number(
+                "REPLICA_POLL_MS",
+                raw.replica_poll_ms,
+                50..=60_000,
+                1000,
+            )?),
+        })
+    }
+}
+
+fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
+    let accepted = "expected redis://host:port, rediss://host:port (with REDIS_CA_FILE) or redis+unix:///path/to.sock";
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| ConfigError::new("REDIS_URL", format!("{accepted}; got no scheme")))?;
+    let tls = match scheme {
+        "redis" | "redis+unix" => false,
+        "rediss" => true,
+        other => {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                format!("{accepted}; got scheme '{other}'"),
+            ))
+        }
+    };
+    let target = RedisTarget {
+        url: url.to_owned(),
+        tls,
+    };
+    let without_credentials = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    if scheme == "redis+unix" {
+        if !without_credentials.starts_with('/') {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                format!("{accepted}; the unix socket path must be absolute, got '{target}'"),
+            ));
+        }
+    } else if without_credentials.is_empty() || without_credentials.starts_with(['/', ':']) {
+        return Err(ConfigError::new(
+            "REDIS_URL",
+            format!("{accepted}; got no host in '{target}'"),
+        ));
+    }
+    // fred's own parser is the final word on what it can connect to.
+    fred::types::config::Config::from_url(url)
+        .map_err(|e| ConfigError::new("REDIS_URL", format!("{accepted}; {target} is invalid: {}", e.details())))?;
+    Ok(target)
+}
+
+fn socket_addr(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let value = value.as_deref().unwrap_or(default);
+    value.parse().map_err(|_| {
+        ConfigError::new(
+            variable,
+            format!("expected an IP address and port such as {default}, got '{value}'"),
+        )
+    })
+}
+
+fn number<T>(
+    variable: &'static str,
+    value: Option<String>,
+    range: std::ops::RangeInclusive<T>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let accepts = || format!("expected a whole number from {} to {}", range.start(), range.end());
+    let parsed: T = value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(variable, format!("{}, got '{value}'", accepts())))?;
+    if !range.contains(&parsed) {
+        return Err(ConfigError::new(variable, format!("{}, got {parsed}", accepts())));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_point_at_the_local_replica() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(s.listen_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.admin_addr, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(s.redis_timeout, Duration::from_millis(1000));
+        assert_eq!(s.max_key_bytes, 1024);
+        assert_eq!(s.max_batch_keys, 100);
+        assert_eq!(s.replica_poll, Duration::from_millis(1000));
+        assert_eq!(s.ready_max_link_down, None);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.workers >= 1);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases = [
+            ("REDIS_URL", "http://x:1"),
+            ("REDIS_URL", "localhost:6379"),
+            ("REDIS_URL", "redis+unix://relative.sock"),
+            ("REDIS_POOL_SIZE", "0"),
+            ("REDIS_POOL_SIZE", "many"),
+            ("REDIS_TIMEOUT_MS", "-5"),
+            ("LISTEN_ADDR", "8080"),
+            ("ADMIN_ADDR", "localhost"),
+            ("WORKERS", "0"),
+            ("MAX_KEY_BYTES", "1e3"),
+            ("MAX_BATCH_KEYS", "100000"),
+            ("LOG_FORMAT", "yaml"),
+            ("SHUTDOWN_GRACE_SECONDS", "forever"),
+            ("READY_MAX_LINK_DOWN_SECONDS", "0"),
+            ("REPLICA_POLL_MS", "1"),
+        ];
+        for (variable, value) in cases {
+            let err = settings(&[(variable, value)]).expect_err(variable);
+            assert_eq!(err.variable, variable, "{value}: {err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_plaintext_refuses_one() {
+        let err = settings(&[("REDIS_URL", "rediss://master:6380")]).unwrap_err();
+        assert_eq!(err.variable, "REDIS_CA_FILE");
+        let err = settings(&[("REDIS_CA_FILE", "/ca.pem")]).unwrap_err();
+        assert_eq!(err.variable, "REDIS_CA_FILE");
+        let s = settings(&[("REDIS_URL", "rediss://master:6380"), ("REDIS_CA_FILE", "/ca.pem")]).unwrap();
+        assert!(s.redis.tls);
+    }
+
+    #[test]
+    fn same_listener_twice_is_refused() {
+        let err = settings(&[("LISTEN_ADDR", "127.0.0.1:8080"), ("ADMIN_ADDR", "127.0.0.1:8080")]).unwrap_err();
+        assert_eq!(err.variable, "ADMIN_ADDR");
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let s = settings(&[("READY_MAX_LINK_DOWN_SECONDS", ""), ("WORKERS", "")]).unwrap();
+        assert_eq!(s.ready_max_link_down, None);
+    }
+
+    #[test]
+    fn unix_sockets_are_accepted() {
+        let s = settings(&[("REDIS_URL", "redis+unix:///run/redis/redis.sock")]).unwrap();
+        assert!(!s.redis.tls);
+    }
+
+    #[test]
+    fn passwords_never_reach_the_display_form() {
+        let s = settings(&[("REDIS_URL", "redis://default:hunter2@10.0.0.1:6379")]).unwrap();
+        assert!(!s.redis.to_string().contains("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,109 @@
+//! Every failure a client can see, mapped to HTTP in one place.
+//!
+//! The body is always `{"error": "<code>", "message": "<one line>"}`. Causes
+//! from Redis never reach the client; `routes::observe` logs them in full.
+
+use actix_web::{
+    http::{header, StatusCode},
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadKey(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("key {0:?} does not exist")]
+    KeyNotFound(String),
+    #[error("no route for this path; see /v1/keys/{{key}} and /v1/keys?key=...")]
+    RouteNotFound,
+    #[error("only GET is allowed here")]
+    MethodNotAllowed,
+    #[error("key {0:?} holds a value that is not a string")]
+    WrongType(String),
+    #[error("key {0:?} holds bytes that are not UTF-8 text")]
+    ValueNotUtf8(String),
+    #[error("redis is unavailable, retry shortly")]
+    Unavailable(#[source] StoreError),
+    #[error("redis answered unexpectedly")]
+    BadGateway(#[source] StoreError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// The stable machine-readable code in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadKey(_) => "bad_key",
+            Self::BadRequest(_) => "bad_request",
+            Self::KeyNotFound(_) | Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::WrongType(_) => "wrong_type",
+            Self::ValueNotUtf8(_) => "value_not_utf8",
+            Self::Unavailable(_) => "unavailable",
+            Self::BadGateway(_) => "bad_gateway",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WrongType(key) => Self::WrongType(key),
+            StoreError::Unexpected(_) => Self::BadGateway(e),
+            StoreError::Unavailable { .. } => Self::Unavailable(e),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadKey(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::KeyNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::WrongType(_) | Self::ValueNotUtf8(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            Self::MethodNotAllowed => {
+                response.insert_header((header::ALLOW, "GET"));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            message: &message,
+        })
+    }
+}
+
+/// `error: cause: cause`, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}

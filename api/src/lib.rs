@@ -1,0 +1,21 @@
+//! The read API: a JSON view of one Redis, built to sit next to a pod-local replica.
+//!
+//! Data flows one way through the modules:
+//! - [`config`]: the environment, parsed and validated once at start.
+//! - [`startup`]: builds the public and admin servers, and shuts them down.
+//! - [`routes`]: the public route table (`/v1/keys`), one file per resource.
+//! - [`store`]: the Redis side of a request: connection pool, timeouts, error kinds.
+//! - [`replica`]: the background poll of `INFO` that decides readiness.
+//! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own listener.
+//! - [`metrics`] and [`telemetry`]: Prometheus names and the tracing subscriber.
+//! - [`error`]: every failure mapped to an HTTP status and a stable JSON body.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod replica;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,190 @@
+//! Prometheus metrics: every name in one place, handles resolved before traffic.
+//!
+//! Label lookups hash and lock, so the request path only touches handles
+//! resolved at start ([`RouteMetrics`]); label sets that are rare (unusual
+//! statuses, Redis error kinds) are looked up when they happen.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub const HTTP_REQUESTS_TOTAL: &str = "read_api_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "read_api_http_request_duration_seconds";
+pub const REDIS_ERRORS_TOTAL: &str = "read_api_redis_errors_total";
+pub const REDIS_UP: &str = "read_api_redis_up";
+pub const READY: &str = "read_api_ready";
+pub const REPLICA_ROLE: &str = "read_api_replica_role";
+pub const REPLICA_SYNCED: &str = "read_api_replica_synced";
+pub const REPLICA_LINK_UP: &str = "read_api_replica_link_up";
+pub const REPLICA_LAST_IO_SECONDS: &str = "read_api_replica_last_io_seconds";
+pub const REPLICA_LINK_DOWN_SECONDS: &str = "read_api_replica_link_down_seconds";
+pub const REPLICA_SYNC_IN_PROGRESS: &str = "read_api_replica_sync_in_progress";
+pub const REPLICA_OFFSET: &str = "read_api_replica_offset";
+pub const BUILD_INFO: &str = "read_api_build_info";
+
+/// 50 µs to 1 s: a local replica answers in tens of microseconds, a remote
+/// master over TLS in milliseconds, and anything near a second is an outage.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// Statuses the routes answer with; each gets a handle resolved at start.
+const COMMON_STATUSES: [u16; 7] = [200, 400, 404, 405, 409, 502, 503];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    redis_errors: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub ready: IntGauge,
+    pub replica_role: IntGauge,
+    pub replica_synced: IntGauge,
+    pub replica_link_up: IntGauge,
+    pub replica_last_io_seconds: Gauge,
+    pub replica_link_down_seconds: Gauge,
+    pub replica_sync_in_progress: IntGauge,
+    pub replica_offset: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status."),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(HTTP_REQUEST_DURATION_SECONDS, "Time to answer, by route.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let redis_errors = IntCounterVec::new(
+            Opts::new(REDIS_ERRORS_TOTAL, "Failed Redis commands by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let float_gauge = |name: &str, help: &str| Gauge::new(name, help).expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Version of the running binary."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        let metrics = Self {
+            http_requests,
+            http_duration,
+            redis_errors,
+            redis_up: gauge(REDIS_UP, "1 when the last INFO poll of Redis succeeded."),
+            ready: gauge(READY, "1 when /readyz answers 200."),
+            replica_role: gauge(REPLICA_ROLE, "1 when Redis reports role:slave, 0 for a master."),
+            replica_synced: gauge(
+                REPLICA_SYNCED,
+                "1 once the replica completed a full sync since the API started.",
+            ),
+            replica_link_up: gauge(REPLICA_LINK_UP, "1 when master_link_status is up."),
+            replica_last_io_seconds: float_gauge(
+                REPLICA_LAST_IO_SECONDS,
+                "Seconds since the replica last heard from its master.",
+            ),
+            replica_link_down_seconds: float_gauge(
+                REPLICA_LINK_DOWN_SECONDS,
+                "Seconds the link to the master has been down (0 while up).",
+            ),
+            replica_sync_in_progress: gauge(
+                REPLICA_SYNC_IN_PROGRESS,
+                "1 while the replica is receiving a full sync.",
+            ),
+            replica_offset: gauge(REPLICA_OFFSET, "Replication offset the replica has processed."),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_duration.clone()),
+            Box::new(metrics.redis_errors.clone()),
+            Box::new(metrics.redis_up.clone()),
+            Box::new(metrics.ready.clone()),
+            Box::new(metrics.replica_role.clone()),
+            Box::new(metrics.replica_synced.clone()),
+            Box::new(metrics.replica_link_up.clone()),
+            Box::new(metrics.replica_last_io_seconds.clone()),
+            Box::new(metrics.replica_link_down_seconds.clone()),
+            Box::new(metrics.replica_sync_in_progress.clone()),
+            Box::new(metrics.replica_offset.clone()),
+            Box::new(build_info),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// Handles for one route, to be used on its request path.
+    pub fn route(&self, route: &'static str) -> RouteMetrics {
+        RouteMetrics(Arc::new(RouteHandles {
+            route,
+            duration: self.http_duration.with_label_values(&[route]),
+            by_status: COMMON_STATUSES.map(|status| {
+                self.http_requests.with_label_values(&[route, &status.to_string()])
+            }),
+            requests: self.http_requests.clone(),
+        }))
+    }
+
+    pub fn redis_error(&self, kind: &str) {
+        self.redis_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buffer).expect("the text encoder writes UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct RouteHandles {
+    route: &'static str,
+    duration: Histogram,
+    by_status: [IntCounter; COMMON_STATUSES.len()],
+    requests: IntCounterVec,
+}
+
+/// Pre-resolved metric handles for one route.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<RouteHandles>);
+
+impl RouteMetrics {
+    pub fn name(&self) -> &'static str {
+        self.0.route
+    }
+
+    pub fn observe(&self, status: u16, seconds: f64) {
+        self.0.duration.observe(seconds);
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.0.by_status[i].inc(),
+            None => self
+                .0
+                .requests
+                .with_label_values(&[self.0.route, &status.to_string()])
+                .inc(),
+        }
+    }
+}

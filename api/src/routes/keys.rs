@@ -1,0 +1,195 @@
+//! `GET /v1/keys/{key}` and `GET /v1/keys?key=…`.
+//!
+//! Keys are decoded here from the raw request target rather than through
+//! actix's `Path`, which decodes lossily: a key that is not UTF-8 must be
+//! refused, not silently turned into another key.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde::{ser::SerializeMap, Serialize, Serializer};
+
+use super::{Limits, PublicState};
+use crate::error::ApiError;
+
+#[derive(Serialize)]
+struct OneValue<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+pub async fn get_one(req: HttpRequest, state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path();
+    // The route matched exactly one segment after /v1/keys/, and an encoded
+    // slash (%2F) stays encoded in the raw path, so the last segment is the key.
+    let segment = path.rsplit_once('/').map_or(path, |(_, last)| last);
+    let key = decode_key(segment, false, state.limits.max_key_bytes)?;
+    match state.store.get(&key).await? {
+        Some(value) => {
+            let value = as_text(&key, &value)?;
+            Ok(HttpResponse::Ok().json(OneValue { key: &key, value }))
+        }
+        None => Err(ApiError::KeyNotFound(key)),
+    }
+}
+
+/// `{"values": {"a": "…", "b": null}}`, keys in request order.
+struct Values<'a>(&'a [(String, Option<&'a str>)]);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    values: Values<'a>,
+}
+
+pub async fn get_batch(req: HttpRequest, state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
+    let keys = parse_batch_query(req.query_string(), state.limits)?;
+    let values = state.store.mget(&keys).await?;
+    let mut pairs = Vec::with_capacity(keys.len());
+    for (key, value) in keys.into_iter().zip(values.iter()) {
+        let text = value.as_ref().map(|v| as_text(&key, v)).transpose()?;
+        pairs.push((key, text));
+    }
+    Ok(HttpResponse::Ok().json(BatchBody {
+        values: Values(&pairs),
+    }))
+}
+
+fn as_text<'v>(key: &str, value: &'v Bytes) -> Result<&'v str, ApiError> {
+    std::str::from_utf8(value).map_err(|_| ApiError::ValueNotUtf8(key.to_owned()))
+}
+
+/// The keys of `key=a&key=b…`, each decoded and checked like a path key.
+pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, ApiError> {
+    let mut keys = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "key" {
+            let name = decode(name, true).ok().and_then(|n| String::from_utf8(n).ok());
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {:?}; only 'key' is accepted",
+                name.as_deref().unwrap_or("(not UTF-8)")
+            )));
+        }
+        if keys.len() == limits.max_batch_keys {
+            return Err(ApiError::BadRequest(format!(
+                "more than MAX_BATCH_KEYS ({}) keys",
+                limits.max_batch_keys
+            )));
+        }
+        keys.push(decode_key(value, true, limits.max_key_bytes)?);
+    }
+    if keys.is_empty() {
+        return Err(ApiError::BadRequest(
+            "no keys: give one or more 'key' query parameters, as in /v1/keys?key=a&key=b".into(),
+        ));
+    }
+    Ok(keys)
+}
+
+/// Percent-decodes one key and checks it is non-empty UTF-8 within `max_bytes`.
+/// In a query string (`plus_is_space`), `+` stands for a space.
+pub fn decode_key(encoded: &str, plus_is_space: bool, max_bytes: usize) -> Result<String, ApiError> {
+    // A key can only shrink when decoded: refuse the absurd before allocating.
+    if encoded.len() > max_bytes.saturating_mul(3) {
+        return Err(too_long(max_bytes));
+    }
+    let bytes = decode(encoded, plus_is_space)?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadKey("key is empty".into()));
+    }
+    if bytes.len() > max_bytes {
+        return Err(too_long(max_bytes));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::BadKey("key is not valid UTF-8 after percent-decoding".into()))
+}
+
+fn too_long(max_bytes: usize) -> ApiError {
+    ApiError::BadKey(format!("key is longer than MAX_KEY_BYTES ({max_bytes} bytes)"))
+}
+
+/// Strict percent-decoding: every `%` must start a two-digit hex escape.
+fn decode(encoded: &str, plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
+    let input = encoded.as_bytes();
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let escape = input
+                    .get(i + 1..i + 3)
+                    .and_then(|pair| Some(hex(pair[0])? * 16 + hex(pair[1])?));
+                match escape {
+                    Some(byte) => out.push(byte as u8),
+                    None => {
+                        return Err(ApiError::BadKey(
+                            "malformed percent-encoding: '%' must be followed by two hex digits".into(),
+                        ))
+                    }
+                }
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_key_bytes: 8,
+        max_batch_keys: 3,
+    };
+
+    fn code(e: ApiError) -> &'static str {
+        e.code()
+    }
+
+    #[test]
+    fn decodes_escapes_including_slashes() {
+        assert_eq!(decode_key("a%2Fb", false, 8).unwrap(), "a/b");
+        assert_eq!(decode_key("caf%C3%A9", false, 8).unwrap(), "café");
+        assert_eq!(decode_key("a+b", false, 8).unwrap(), "a+b");
+        assert_eq!(decode_key("a+b", true, 8).unwrap(), "a b");
+        assert_eq!(decode_key("nul%00", false, 8).unwrap(), "nul\0");
+    }
+
+    #[test]
+    fn refuses_bad_keys() {
+        for bad in ["", "%", "%4", "%zz", "%FF", "%C3", "123456789", &"%41".repeat(9)] {
+            assert_eq!(code(decode_key(bad, false, 8).unwrap_err()), "bad_key", "{bad:?}");
+        }
+        assert_eq!(decode_key("12345678", false, 8).unwrap(), "12345678");
+    }
+
+    #[test]
+    fn batch_query_takes_only_keys_within_limits() {
+        assert_eq!(parse_batch_query("key=a&key=b%2Fc&", LIMITS).unwrap(), ["a", "b/c"]);
+        assert_eq!(parse_batch_query("key=a&key=a", LIMITS).unwrap(), ["a", "a"]);
+        for bad in ["", "&&", "key=a&other=1", "key=a&key=b&key=c&key=d", "key=", "key"] {
+            assert!(parse_batch_query(bad, LIMITS).is_err(), "{bad:?}");
+        }
+        let msg = parse_batch_query("k%FFy=1", LIMITS).unwrap_err().to_string();
+        assert!(msg.contains("unknown query parameter"), "{msg}");
+    }
+}

@@ -1,0 +1,60 @@
+//! The public route table, shared by the server and the tests.
+
+mod keys;
+mod observe;
+
+use actix_web::{
+    body::BoxBody,
+    dev::ServiceRequest,
+    middleware::{from_fn, Next},
+    web, HttpResponse,
+};
+
+pub use keys::{decode_key, parse_batch_query};
+
+use crate::{error::ApiError, metrics::Metrics, store::Store};
+
+/// Input limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_batch_keys: usize,
+}
+
+/// What the public handlers share within one worker.
+pub struct PublicState {
+    pub store: Store,
+    pub limits: Limits,
+}
+
+/// Registers `/v1/keys/{key}` and `/v1/keys` with request metrics on each.
+pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
+    let one = metrics.route("/v1/keys/{key}");
+    let batch = metrics.route("/v1/keys");
+    cfg.app_data(web::Data::new(state))
+        .service(
+            web::resource("/v1/keys/{key}")
+                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
+                    observe::observe(one.clone(), req, next)
+                }))
+                .route(web::get().to(keys::get_one))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/keys")
+                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
+                    observe::observe(batch.clone(), req, next)
+                }))
+                .route(web::get().to(keys::get_batch))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(route_not_found));
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+async fn route_not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}

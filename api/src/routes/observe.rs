@@ -1,0 +1,50 @@
+//! Per-route request metrics, and one log line for every server-side failure.
+
+use std::time::Instant;
+
+use actix_web::{
+    body::BoxBody,
+    dev::{ServiceRequest, ServiceResponse},
+    middleware::Next,
+    Error,
+};
+
+use crate::{
+    error::{error_chain, ApiError},
+    metrics::RouteMetrics,
+};
+
+pub async fn observe(
+    metrics: RouteMetrics,
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let started = Instant::now();
+    let response = next.call(req).await?;
+    let status = response.status();
+    metrics.observe(status.as_u16(), started.elapsed().as_secs_f64());
+    if status.is_server_error() {
+        let cause = response
+            .response()
+            .error()
+            .map(|e| match e.as_error::<ApiError>() {
+                Some(api) => error_chain(api),
+                None => e.to_string(),
+            })
+            .unwrap_or_default();
+        let request_id = response
+            .request()
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::warn!(
+            route = metrics.name(),
+            status = status.as_u16(),
+            request_id,
+            error = %cause,
+            "request failed"
+        );
+    }
+    Ok(response)
+}

@@ -1,0 +1,174 @@
+//! Builds the two servers from [`Settings`], runs them, and drains them on shutdown.
+
+use std::{future::Future, io, net::SocketAddr, net::TcpListener, time::Duration};
+
+use actix_web::{dev::Server, App, HttpServer};
+use tokio::task::JoinHandle;
+
+use crate::{
+    admin::{self, AdminState},
+    config::{ConfigError, Settings},
+    metrics::Metrics,
+    replica::{self, Readiness},
+    routes::{self, Limits, PublicState},
+    store::StoreConfig,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{variable}: cannot listen on {addr}: {source}")]
+    Bind {
+        variable: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// A built application: listeners bound, Redis connecting, not yet serving.
+pub struct Application {
+    public: Server,
+    admin: Server,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    readiness: Readiness,
+    monitor: JoinHandle<()>,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Binds both listeners (port 0 picks a free port) and starts the replica monitor.
+    /// Must be called inside a tokio runtime.
+    pub fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let metrics = Metrics::new();
+        let store_config = StoreConfig::new(settings, metrics.clone())?;
+        let readiness = Readiness::default();
+
+        let public_listener = bind("LISTEN_ADDR", settings.listen_addr)?;
+        let admin_listener = bind("ADMIN_ADDR", settings.admin_addr)?;
+        let public_addr = local_addr("LISTEN_ADDR", &public_listener)?;
+        let admin_addr = local_addr("ADMIN_ADDR", &admin_listener)?;
+
+        let limits = Limits {
+            max_key_bytes: settings.max_key_bytes,
+            max_batch_keys: settings.max_batch_keys,
+        };
+        let grace_seconds = settings.shutdown_grace.as_secs();
+        let public = {
+            let metrics = metrics.clone();
+            let store_config = store_config.clone();
+            HttpServer::new(move || {
+                // Runs once per worker, on the worker's thread: see StoreConfig::connect.
+                let state = PublicState {
+                    store: store_config.connect(),
+                    limits,
+                };
+                App::new().configure(|cfg| routes::configure(cfg, state, &metrics))
+            })
+            .workers(settings.workers)
+            .shutdown_timeout(grace_seconds)
+            .disable_signals()
+            .listen(public_listener)
+            .map_err(|source| bind_error("LISTEN_ADDR", public_addr, source))?
+            .run()
+        };
+        let admin = {
+            let readiness = readiness.clone();
+            let metrics = metrics.clone();
+            HttpServer::new(move || {
+                let state = AdminState {
+                    readiness: readiness.clone(),
+                    metrics: metrics.clone(),
+                };
+                App::new().configure(|cfg| admin::configure(cfg, state))
+            })
+            .workers(1)
+            .shutdown_timeout(grace_seconds)
+            .disable_signals()
+            .listen(admin_listener)
+            .map_err(|source| bind_error("ADMIN_ADDR", admin_addr, source))?
+            .run()
+        };
+        let monitor = tokio::spawn(replica::monitor(
+            store_config.connect_with(1),
+            readiness.clone(),
+            metrics,
+            settings.replica_poll,
+            settings.ready_max_link_down,
+        ));
+        Ok(Self {
+            public,
+            admin,
+            public_addr,
+            admin_addr,
+            readiness,
+            monitor,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Serves until `shutdown` completes, then drains: readiness fails at once,
+    /// requests in flight get up to `SHUTDOWN_GRACE_SECONDS` to finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let public_handle = self.public.handle();
+        let admin_handle = self.admin.handle();
+        let mut public = tokio::spawn(self.public);
+        let admin = tokio::spawn(self.admin);
+        tokio::select! {
+            () = shutdown => {}
+            finished = &mut public => {
+                self.monitor.abort();
+                return finished.map_err(io::Error::other)?;
+            }
+        }
+        tracing::info!(grace_seconds = self.shutdown_grace.as_secs(), "shutting down");
+        self.readiness.shut_down();
+        public_handle.stop(true).await;
+        admin_handle.stop(true).await;
+        self.monitor.abort();
+        public.await.map_err(io::Error::other)??;
+        admin.await.map_err(io::Error::other)??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| bind_error(variable, addr, source))
+}
+
+fn local_addr(variable: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartupError> {
+    listener.local_addr().map_err(|source| StartupError::Bind {
+        variable,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+fn bind_error(variable: &'static str, addr: SocketAddr, source: io::Error) -> StartupError {
+    StartupError::Bind {
+        variable,
+        addr,
+        source,
+    }
+}
+
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
