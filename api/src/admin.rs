@@ -41,7 +41,9 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
 async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType(
-            "text/plain; version=0.0.4; charset=utf-8".parse().expect("valid mime"),
+            "text/plain; version=0.0.4; charset=utf-8"
+                .parse()
+                .expect("valid mime"),
         ))
         .body(state.metrics.render())
 }

@@ -112,11 +112,14 @@ impl Settings {
     }
 
     /// Reads and validates the given variables (the environment, in production).
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         // Empty values count as unset: manifests and shells often export `VAR=`.
-        let vars: HashMap<String, String> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-        let raw: RawSettings = envy::from_iter(vars)
-            .map_err(|e| ConfigError::new("environment", e.to_string()))?;
+        let vars: HashMap<String, String> =
+            vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let raw: RawSettings =
+            envy::from_iter(vars).map_err(|e| ConfigError::new("environment", e.to_string()))?;
         Self::validate(raw)
     }
 
@@ -229,8 +232,12 @@ fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
         ));
     }
     // fred's own parser is the final word on what it can connect to.
-    fred::types::config::Config::from_url(url)
-        .map_err(|e| ConfigError::new("REDIS_URL", format!("{accepted}; {target} is invalid: {}", e.details())))?;
+    fred::types::config::Config::from_url(url).map_err(|e| {
+        ConfigError::new(
+            "REDIS_URL",
+            format!("{accepted}; {target} is invalid: {}", e.details()),
+        )
+    })?;
     Ok(target)
 }
 
@@ -260,13 +267,22 @@ where
     let Some(value) = value else {
         return Ok(default);
     };
-    let accepts = || format!("expected a whole number from {} to {}", range.start(), range.end());
+    let accepts = || {
+        format!(
+            "expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )
+    };
     let parsed: T = value
         .trim()
         .parse()
         .map_err(|_| ConfigError::new(variable, format!("{}, got '{value}'", accepts())))?;
     if !range.contains(&parsed) {
-        return Err(ConfigError::new(variable, format!("{}, got {parsed}", accepts())));
+        return Err(ConfigError::new(
+            variable,
+            format!("{}, got {parsed}", accepts()),
+        ));
     }
     Ok(parsed)
 }
@@ -326,13 +342,21 @@ mod tests {
         assert_eq!(err.variable, "REDIS_CA_FILE");
         let err = settings(&[("REDIS_CA_FILE", "/ca.pem")]).unwrap_err();
         assert_eq!(err.variable, "REDIS_CA_FILE");
-        let s = settings(&[("REDIS_URL", "rediss://master:6380"), ("REDIS_CA_FILE", "/ca.pem")]).unwrap();
+        let s = settings(&[
+            ("REDIS_URL", "rediss://master:6380"),
+            ("REDIS_CA_FILE", "/ca.pem"),
+        ])
+        .unwrap();
         assert!(s.redis.tls);
     }
 
     #[test]
     fn same_listener_twice_is_refused() {
-        let err = settings(&[("LISTEN_ADDR", "127.0.0.1:8080"), ("ADMIN_ADDR", "127.0.0.1:8080")]).unwrap_err();
+        let err = settings(&[
+            ("LISTEN_ADDR", "127.0.0.1:8080"),
+            ("ADMIN_ADDR", "127.0.0.1:8080"),
+        ])
+        .unwrap_err();
         assert_eq!(err.variable, "ADMIN_ADDR");
     }
 

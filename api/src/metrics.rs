@@ -78,7 +78,9 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         let metrics = Self {
             http_requests,
@@ -86,7 +88,10 @@ impl Metrics {
             redis_errors,
             redis_up: gauge(REDIS_UP, "1 when the last INFO poll of Redis succeeded."),
             ready: gauge(READY, "1 when /readyz answers 200."),
-            replica_role: gauge(REPLICA_ROLE, "1 when Redis reports role:slave, 0 for a master."),
+            replica_role: gauge(
+                REPLICA_ROLE,
+                "1 when Redis reports role:slave, 0 for a master.",
+            ),
             replica_synced: gauge(
                 REPLICA_SYNCED,
                 "1 once the replica completed a full sync since the API started.",
@@ -104,7 +109,10 @@ impl Metrics {
                 REPLICA_SYNC_IN_PROGRESS,
                 "1 while the replica is receiving a full sync.",
             ),
-            replica_offset: gauge(REPLICA_OFFSET, "Replication offset the replica has processed."),
+            replica_offset: gauge(
+                REPLICA_OFFSET,
+                "Replication offset the replica has processed.",
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -123,7 +131,10 @@ impl Metrics {
             Box::new(build_info),
         ];
         for collector in collectors {
-            metrics.registry.register(collector).expect("metric names are unique");
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         metrics
     }
@@ -134,7 +145,8 @@ impl Metrics {
             route,
             duration: self.http_duration.with_label_values(&[route]),
             by_status: COMMON_STATUSES.map(|status| {
-                self.http_requests.with_label_values(&[route, &status.to_string()])
+                self.http_requests
+                    .with_label_values(&[route, &status.to_string()])
             }),
             requests: self.http_requests.clone(),
         }))

@@ -220,9 +220,13 @@ fn record(metrics: &Metrics, poll: Option<&RedisStatus>, synced: bool, ready: bo
     metrics.replica_role.set(status.is_replica.into());
     metrics.replica_synced.set(synced.into());
     metrics.replica_link_up.set(status.link_up.into());
-    metrics.replica_sync_in_progress.set(status.sync_in_progress.into());
+    metrics
+        .replica_sync_in_progress
+        .set(status.sync_in_progress.into());
     metrics.replica_offset.set(status.offset);
-    metrics.replica_last_io_seconds.set(status.last_io_seconds.unwrap_or(0.0));
+    metrics
+        .replica_last_io_seconds
+        .set(status.last_io_seconds.unwrap_or(0.0));
     metrics.replica_link_down_seconds.set(if status.link_up {
         0.0
     } else {
@@ -244,7 +248,10 @@ mod tests {
     fn parses_a_synced_replica() {
         let s = status(SYNCED);
         assert!(s.is_replica && s.link_up && !s.sync_in_progress && !s.loading);
-        assert_eq!((s.run_id.as_str(), s.offset, s.last_io_seconds), ("aaa", 42, Some(0.0)));
+        assert_eq!(
+            (s.run_id.as_str(), s.offset, s.last_io_seconds),
+            ("aaa", 42, Some(0.0))
+        );
     }
 
     #[test]
@@ -259,24 +266,39 @@ mod tests {
     fn a_replica_is_ready_only_after_a_finished_sync() {
         let mut rules = ReadinessRules::new(None);
         let never = SYNCED.replace("master_link_status:up", "master_link_status:down");
-        assert_eq!(rules.evaluate(Some(&status(&never))), Err(NotReady::ReplicaNotSynced));
+        assert_eq!(
+            rules.evaluate(Some(&status(&never))),
+            Err(NotReady::ReplicaNotSynced)
+        );
         let syncing = SYNCED.replace("master_sync_in_progress:0", "master_sync_in_progress:1");
-        assert_eq!(rules.evaluate(Some(&status(&syncing))), Err(NotReady::ReplicaNotSynced));
+        assert_eq!(
+            rules.evaluate(Some(&status(&syncing))),
+            Err(NotReady::ReplicaNotSynced)
+        );
         let loading = SYNCED.replace("loading:0", "loading:1");
-        assert_eq!(rules.evaluate(Some(&status(&loading))), Err(NotReady::RedisLoading));
+        assert_eq!(
+            rules.evaluate(Some(&status(&loading))),
+            Err(NotReady::RedisLoading)
+        );
         assert_eq!(rules.evaluate(Some(&status(SYNCED))), Ok(()));
     }
 
     #[test]
     fn a_lost_master_keeps_a_synced_replica_ready_unless_bounded() {
-        let down = SYNCED.replace("master_link_status:up", "master_link_status:down\r\nmaster_link_down_since_seconds:30");
+        let down = SYNCED.replace(
+            "master_link_status:up",
+            "master_link_status:down\r\nmaster_link_down_since_seconds:30",
+        );
         let mut unbounded = ReadinessRules::new(None);
         unbounded.evaluate(Some(&status(SYNCED))).unwrap();
         assert_eq!(unbounded.evaluate(Some(&status(&down))), Ok(()));
 
         let mut bounded = ReadinessRules::new(Some(Duration::from_secs(10)));
         bounded.evaluate(Some(&status(SYNCED))).unwrap();
-        assert_eq!(bounded.evaluate(Some(&status(&down))), Err(NotReady::MasterLinkDownTooLong));
+        assert_eq!(
+            bounded.evaluate(Some(&status(&down))),
+            Err(NotReady::MasterLinkDownTooLong)
+        );
         let briefly = down.replace("since_seconds:30", "since_seconds:3");
         assert_eq!(bounded.evaluate(Some(&status(&briefly))), Ok(()));
     }
@@ -288,7 +310,10 @@ mod tests {
         let restarted = SYNCED
             .replace("run_id:aaa", "run_id:bbb")
             .replace("master_link_status:up", "master_link_status:down");
-        assert_eq!(rules.evaluate(Some(&status(&restarted))), Err(NotReady::ReplicaNotSynced));
+        assert_eq!(
+            rules.evaluate(Some(&status(&restarted))),
+            Err(NotReady::ReplicaNotSynced)
+        );
         assert!(!rules.has_synced());
     }
 

@@ -130,7 +130,10 @@ impl Application {
                 return finished.map_err(io::Error::other)?;
             }
         }
-        tracing::info!(grace_seconds = self.shutdown_grace.as_secs(), "shutting down");
+        tracing::info!(
+            grace_seconds = self.shutdown_grace.as_secs(),
+            "shutting down"
+        );
         self.readiness.shut_down();
         public_handle.stop(true).await;
         admin_handle.stop(true).await;

@@ -140,7 +140,10 @@ impl Store {
         let args: Vec<&str> = sections.to_vec();
         self.pool
             .next_connected()
-            .custom::<String, _>(CustomCommand::new_static("INFO", ClusterHash::FirstKey, false), args)
+            .custom::<String, _>(
+                CustomCommand::new_static("INFO", ClusterHash::FirstKey, false),
+                args,
+            )
             .await
             .map_err(|e| self.classify(e, ""))
     }
@@ -180,7 +183,10 @@ fn tls_config(ca_file: &std::path::Path) -> Result<TlsConfig, ConfigError> {
     let unreadable = |why: String| {
         ConfigError::new(
             "REDIS_CA_FILE",
-            format!("{}: {why}; expected a readable PEM file with at least one CA certificate", ca_file.display()),
+            format!(
+                "{}: {why}; expected a readable PEM file with at least one CA certificate",
+                ca_file.display()
+            ),
         )
     };
     let pem = fs::read(ca_file).map_err(|e| unreadable(e.to_string()))?;

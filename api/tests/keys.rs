@@ -11,7 +11,10 @@ async fn reads_a_string_value() {
     redis.cli(&["SET", "known-key", "hello"]);
     let app = TestApp::spawn(&redis.url(), &[]).await;
     let (status, body) = app.get_json("/v1/keys/known-key").await;
-    assert_eq!((status, body), (200, json!({"key": "known-key", "value": "hello"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"key": "known-key", "value": "hello"}))
+    );
 }
 
 #[tokio::test]
@@ -22,7 +25,10 @@ async fn percent_decoded_segment_is_the_key() {
     redis.cli(&["SET", "a+b", "plus"]);
     let app = TestApp::spawn(&redis.url(), &[]).await;
     assert_eq!(app.get_json("/v1/keys/a%2Fb").await.1["value"], "slash");
-    assert_eq!(app.get_json("/v1/keys/caf%C3%A9%20au%20lait").await.1["value"], "utf8");
+    assert_eq!(
+        app.get_json("/v1/keys/caf%C3%A9%20au%20lait").await.1["value"],
+        "utf8"
+    );
     assert_eq!(app.get_json("/v1/keys/a+b").await.1["value"], "plus");
 }
 
@@ -45,7 +51,10 @@ async fn non_string_and_non_text_values_are_409() {
     let (status, body) = app.get_json("/v1/keys/a-list").await;
     assert_eq!((status, body["error"].as_str()), (409, Some("wrong_type")));
     let (status, body) = app.get_json("/v1/keys/binary").await;
-    assert_eq!((status, body["error"].as_str()), (409, Some("value_not_utf8")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("value_not_utf8"))
+    );
 }
 
 #[tokio::test]
@@ -55,9 +64,18 @@ async fn bad_keys_are_400() {
     let too_long = "k".repeat(17);
     let just_fits = "k".repeat(16);
     redis.cli(&["SET", &just_fits, "ok"]);
-    for path in ["/v1/keys/%FF", "/v1/keys/%zz", "/v1/keys/%4", &format!("/v1/keys/{too_long}")] {
+    for path in [
+        "/v1/keys/%FF",
+        "/v1/keys/%zz",
+        "/v1/keys/%4",
+        &format!("/v1/keys/{too_long}"),
+    ] {
         let (status, body) = app.get_json(path).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("bad_key")), "{path}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_key")),
+            "{path}"
+        );
     }
     assert_eq!(app.get_json(&format!("/v1/keys/{just_fits}")).await.0, 200);
     // An empty segment does not match the route at all.
@@ -68,9 +86,18 @@ async fn bad_keys_are_400() {
 async fn other_methods_are_405_and_other_paths_404() {
     let redis = RedisServer::start();
     let app = TestApp::spawn(&redis.url(), &[]).await;
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
         for path in ["/v1/keys/k", "/v1/keys?key=k"] {
-            let response = app.http.request(method.clone(), format!("{}{path}", app.base)).send().await.unwrap();
+            let response = app
+                .http
+                .request(method.clone(), format!("{}{path}", app.base))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 405, "{method} {path}");
             assert_eq!(response.headers()["allow"], "GET");
             let body: serde_json::Value = response.json().await.unwrap();
@@ -88,11 +115,22 @@ async fn batch_reads_many_keys_in_one_call() {
     redis.cli(&["SET", "b c", "2"]);
     redis.cli(&["RPUSH", "list", "x"]);
     let app = TestApp::spawn(&redis.url(), &[("MAX_BATCH_KEYS", "4")]).await;
-    let (status, body) = app.get_json("/v1/keys?key=a&key=b+c&key=missing&key=list").await;
+    let (status, body) = app
+        .get_json("/v1/keys?key=a&key=b+c&key=missing&key=list")
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"values": {"a": "1", "b c": "2", "missing": null, "list": null}}));
+    assert_eq!(
+        body,
+        json!({"values": {"a": "1", "b c": "2", "missing": null, "list": null}})
+    );
 
-    for bad in ["/v1/keys", "/v1/keys?", "/v1/keys?key=a&key=b&key=c&key=d&key=e", "/v1/keys?keys=a", "/v1/keys?key=%FF"] {
+    for bad in [
+        "/v1/keys",
+        "/v1/keys?",
+        "/v1/keys?key=a&key=b&key=c&key=d&key=e",
+        "/v1/keys?keys=a",
+        "/v1/keys?key=%FF",
+    ] {
         let (status, body) = app.get_json(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body["message"].is_string());
@@ -105,7 +143,10 @@ async fn key_prefix_is_prepended_and_hidden() {
     redis.cli(&["SET", "tenant:k", "prefixed"]);
     redis.cli(&["SET", "k", "bare"]);
     let app = TestApp::spawn(&redis.url(), &[("KEY_PREFIX", "tenant:")]).await;
-    assert_eq!(app.get_json("/v1/keys/k").await.1, json!({"key": "k", "value": "prefixed"}));
+    assert_eq!(
+        app.get_json("/v1/keys/k").await.1,
+        json!({"key": "k", "value": "prefixed"})
+    );
     assert_eq!(
         app.get_json("/v1/keys?key=k").await.1,
         json!({"values": {"k": "prefixed"}})
@@ -143,7 +184,10 @@ async fn central_mode_reads_a_tls_master_and_checks_its_certificate() {
     let url = format!("rediss://localhost:{}", master.addr().port());
     let app = TestApp::spawn(&url, &[("REDIS_CA_FILE", &ca)]).await;
     app.wait_ready(200).await;
-    assert_eq!(app.get_json("/v1/keys/known-key").await.1["value"], "over-tls");
+    assert_eq!(
+        app.get_json("/v1/keys/known-key").await.1["value"],
+        "over-tls"
+    );
 
     // The same master, but trusted through a CA that did not sign it: refused.
     let other = Certs::generate("localhost,127.0.0.1");

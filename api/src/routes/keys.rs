@@ -17,7 +17,10 @@ struct OneValue<'a> {
     value: &'a str,
 }
 
-pub async fn get_one(req: HttpRequest, state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_one(
+    req: HttpRequest,
+    state: web::Data<PublicState>,
+) -> Result<HttpResponse, ApiError> {
     let path = req.uri().path();
     // The route matched exactly one segment after /v1/keys/, and an encoded
     // slash (%2F) stays encoded in the raw path, so the last segment is the key.
@@ -50,7 +53,10 @@ struct BatchBody<'a> {
     values: Values<'a>,
 }
 
-pub async fn get_batch(req: HttpRequest, state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_batch(
+    req: HttpRequest,
+    state: web::Data<PublicState>,
+) -> Result<HttpResponse, ApiError> {
     let keys = parse_batch_query(req.query_string(), state.limits)?;
     let values = state.store.mget(&keys).await?;
     let mut pairs = Vec::with_capacity(keys.len());
@@ -73,7 +79,9 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "key" {
-            let name = decode(name, true).ok().and_then(|n| String::from_utf8(n).ok());
+            let name = decode(name, true)
+                .ok()
+                .and_then(|n| String::from_utf8(n).ok());
             return Err(ApiError::BadRequest(format!(
                 "unknown query parameter {:?}; only 'key' is accepted",
                 name.as_deref().unwrap_or("(not UTF-8)")
@@ -97,7 +105,11 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
 
 /// Percent-decodes one key and checks it is non-empty UTF-8 within `max_bytes`.
 /// In a query string (`plus_is_space`), `+` stands for a space.
-pub fn decode_key(encoded: &str, plus_is_space: bool, max_bytes: usize) -> Result<String, ApiError> {
+pub fn decode_key(
+    encoded: &str,
+    plus_is_space: bool,
+    max_bytes: usize,
+) -> Result<String, ApiError> {
     // A key can only shrink when decoded: refuse the absurd before allocating.
     if encoded.len() > max_bytes.saturating_mul(3) {
         return Err(too_long(max_bytes));
@@ -114,7 +126,9 @@ pub fn decode_key(encoded: &str, plus_is_space: bool, max_bytes: usize) -> Resul
 }
 
 fn too_long(max_bytes: usize) -> ApiError {
-    ApiError::BadKey(format!("key is longer than MAX_KEY_BYTES ({max_bytes} bytes)"))
+    ApiError::BadKey(format!(
+        "key is longer than MAX_KEY_BYTES ({max_bytes} bytes)"
+    ))
 }
 
 /// Strict percent-decoding: every `%` must start a two-digit hex escape.
@@ -133,7 +147,8 @@ fn decode(encoded: &str, plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
                     Some(byte) => out.push(byte as u8),
                     None => {
                         return Err(ApiError::BadKey(
-                            "malformed percent-encoding: '%' must be followed by two hex digits".into(),
+                            "malformed percent-encoding: '%' must be followed by two hex digits"
+                                .into(),
                         ))
                     }
                 }
@@ -176,20 +191,48 @@ mod tests {
 
     #[test]
     fn refuses_bad_keys() {
-        for bad in ["", "%", "%4", "%zz", "%FF", "%C3", "123456789", &"%41".repeat(9)] {
-            assert_eq!(code(decode_key(bad, false, 8).unwrap_err()), "bad_key", "{bad:?}");
+        for bad in [
+            "",
+            "%",
+            "%4",
+            "%zz",
+            "%FF",
+            "%C3",
+            "123456789",
+            &"%41".repeat(9),
+        ] {
+            assert_eq!(
+                code(decode_key(bad, false, 8).unwrap_err()),
+                "bad_key",
+                "{bad:?}"
+            );
         }
         assert_eq!(decode_key("12345678", false, 8).unwrap(), "12345678");
     }
 
     #[test]
     fn batch_query_takes_only_keys_within_limits() {
-        assert_eq!(parse_batch_query("key=a&key=b%2Fc&", LIMITS).unwrap(), ["a", "b/c"]);
-        assert_eq!(parse_batch_query("key=a&key=a", LIMITS).unwrap(), ["a", "a"]);
-        for bad in ["", "&&", "key=a&other=1", "key=a&key=b&key=c&key=d", "key=", "key"] {
+        assert_eq!(
+            parse_batch_query("key=a&key=b%2Fc&", LIMITS).unwrap(),
+            ["a", "b/c"]
+        );
+        assert_eq!(
+            parse_batch_query("key=a&key=a", LIMITS).unwrap(),
+            ["a", "a"]
+        );
+        for bad in [
+            "",
+            "&&",
+            "key=a&other=1",
+            "key=a&key=b&key=c&key=d",
+            "key=",
+            "key",
+        ] {
             assert!(parse_batch_query(bad, LIMITS).is_err(), "{bad:?}");
         }
-        let msg = parse_batch_query("k%FFy=1", LIMITS).unwrap_err().to_string();
+        let msg = parse_batch_query("k%FFy=1", LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("unknown query parameter"), "{msg}");
     }
 }

@@ -34,7 +34,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -252,7 +255,10 @@ impl Certs {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The application on ephemeral loopback ports, in this process.
@@ -309,12 +315,20 @@ impl TestApp {
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self.get(path).await;
         let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or_else(|e| panic!("GET {path}: body is not JSON: {e}"));
+        let body = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: body is not JSON: {e}"));
         (status, body)
     }
 
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
-        let response = self.http.get(format!("{}/readyz", self.admin)).send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.admin))
+            .send()
+            .await
+            .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
@@ -337,10 +351,28 @@ impl TestApp {
     }
 
     pub async fn wait_ready(&self, expected: u16) -> serde_json::Value {
-        wait_for(&format!("/readyz to answer {expected}"), Duration::from_secs(15), || async {
-            let (status, body) = self.readyz().await;
-            (status == expected).then_some(body)
-        })
+        wait_for(
+            &format!("/readyz to answer {expected}"),
+            Duration::from_secs(15),
+            || async {
+                let (status, body) = self.readyz().await;
+                (status == expected).then_some(body)
+            },
+        )
+        .await
+    }
+
+    /// Waits until `/readyz` is 503 for a reason that starts with `reason`.
+    pub async fn wait_not_ready(&self, reason: &str) {
+        wait_for(
+            &format!("/readyz to answer 503 {reason}"),
+            Duration::from_secs(15),
+            || async {
+                let (status, body) = self.readyz().await;
+                let why = body["reason"].as_str().unwrap_or_default();
+                (status == 503 && why.starts_with(reason)).then_some(())
+            },
+        )
         .await
     }
 

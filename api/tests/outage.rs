@@ -1,0 +1,82 @@
+//! Redis loss, slowness and return: 503 with Retry-After within the timeout, then recovery.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{wait_for, RedisServer, TestApp};
+
+#[tokio::test]
+async fn redis_down_is_a_fast_503_and_its_return_is_noticed() {
+    let mut redis = RedisServer::start();
+    redis.cli(&["SET", "k", "v1"]);
+    let app = TestApp::spawn(&redis.url(), &[("REDIS_TIMEOUT_MS", "300")]).await;
+    app.wait_ready(200).await;
+    assert_eq!(app.get_json("/v1/keys/k").await.0, 200);
+
+    redis.kill();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = app.get("/v1/keys/k").await;
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unavailable");
+        assert!(
+            !body["message"].as_str().unwrap().contains("127.0.0.1"),
+            "no internals: {body}"
+        );
+        // The timeout bounds the wait; the margin is for a loaded test machine.
+        assert!(
+            elapsed < Duration::from_millis(300 + 1500),
+            "took {elapsed:?}"
+        );
+    }
+    app.wait_not_ready("redis_unreachable").await;
+    assert_eq!(app.metric("read_api_redis_up").await, Some(0.0));
+    assert!(app
+        .metrics()
+        .await
+        .contains("read_api_redis_errors_total{kind="));
+
+    redis.restart();
+    redis.cli(&["SET", "k", "v2"]);
+    wait_for("reads to recover", Duration::from_secs(10), || async {
+        let (status, body) = app.get_json("/v1/keys/k").await;
+        (status == 200 && body["value"] == "v2").then_some(())
+    })
+    .await;
+    app.wait_ready(200).await;
+}
+
+#[tokio::test]
+async fn slow_redis_is_a_503_within_the_timeout_and_reads_resume() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "k", "v"]);
+    let app = TestApp::spawn(&redis.url(), &[("REDIS_TIMEOUT_MS", "250")]).await;
+    assert_eq!(app.get_json("/v1/keys/k").await.0, 200);
+
+    redis.pause();
+    let started = Instant::now();
+    let (single, batch) = tokio::join!(app.get("/v1/keys/k"), app.get("/v1/keys?key=k"));
+    let elapsed = started.elapsed();
+    redis.resume();
+    assert_eq!(
+        (single.status().as_u16(), batch.status().as_u16()),
+        (503, 503)
+    );
+    assert!(
+        elapsed < Duration::from_millis(250 + 1500),
+        "took {elapsed:?}"
+    );
+    assert!(app
+        .metrics()
+        .await
+        .contains(r#"read_api_redis_errors_total{kind="timeout"}"#));
+
+    wait_for("reads to resume", Duration::from_secs(10), || async {
+        (app.get_json("/v1/keys/k").await.0 == 200).then_some(())
+    })
+    .await;
+}
