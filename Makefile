@@ -49,3 +49,18 @@ test: deps lint ## Run every test: lint, unit and integration tests against real
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+##@ Local topology
+
+.PHONY: demo
+demo: ## Run master (TLS) -> stunnel -> replica -> API locally, in the foreground; Ctrl-C stops it.
+	@scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Stop a demo started elsewhere (state and logs in target/demo).
+	@scripts/local-topology.sh down
+
+.PHONY: demo-seed
+demo-seed: ## Write KEY=... VALUE=... through the local demo's master.
+	@[[ -n "$(KEY)" ]] || { echo "usage: make demo-seed KEY=known-key VALUE=text" >&2; exit 2; }
+	@scripts/local-topology.sh seed "$(KEY)" "$(VALUE)"

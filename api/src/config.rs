@@ -217,19 +217,23 @@ fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
         url: url.to_owned(),
         tls,
     };
-    let without_credentials = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     if scheme == "redis+unix" {
-        if !without_credentials.starts_with('/') {
+        // As in any URL, the path starts after the authority (`[user:password@]host`).
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        if path.len() < 2 {
             return Err(ConfigError::new(
                 "REDIS_URL",
                 format!("{accepted}; the unix socket path must be absolute, got '{target}'"),
             ));
         }
-    } else if without_credentials.is_empty() || without_credentials.starts_with(['/', ':']) {
-        return Err(ConfigError::new(
-            "REDIS_URL",
-            format!("{accepted}; got no host in '{target}'"),
-        ));
+    } else {
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        if host.is_empty() || host.starts_with(['/', ':']) {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                format!("{accepted}; got no host in '{target}'"),
+            ));
+        }
     }
     // fred's own parser is the final word on what it can connect to.
     fred::types::config::Config::from_url(url).map_err(|e| {
@@ -370,6 +374,11 @@ mod tests {
     fn unix_sockets_are_accepted() {
         let s = settings(&[("REDIS_URL", "redis+unix:///run/redis/redis.sock")]).unwrap();
         assert!(!s.redis.tls);
+        settings(&[(
+            "REDIS_URL",
+            "redis+unix://:secret@localhost/run/redis/redis.sock",
+        )])
+        .unwrap();
     }
 
     #[test]

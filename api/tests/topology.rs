@@ -1,0 +1,212 @@
+//! The local topology from `scripts/local-topology.sh` (the one `make demo`
+//! and `make bench` run): TLS master, stunnel client, replica, and this API.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use support::{free_port, repo_root, wait_for, Certs};
+use tempfile::TempDir;
+
+struct Topology {
+    state: TempDir,
+    vars: Vec<(&'static str, String)>,
+    api: String,
+    admin: String,
+}
+
+impl Topology {
+    fn new(topology: &str) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let (api, admin) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let vars = vec![
+            ("STATE_DIR", state.path().display().to_string()),
+            ("TOPOLOGY", topology.to_string()),
+            ("MASTER_PORT", free_port().to_string()),
+            ("STUNNEL_PORT", free_port().to_string()),
+            ("REPLICA_PORT", free_port().to_string()),
+            ("API_ADDR", api.clone()),
+            ("API_ADMIN_ADDR", admin.clone()),
+            ("API_BIN", env!("CARGO_BIN_EXE_read-api").to_string()),
+            ("REPLICA_POLL_MS", "100".to_string()),
+            ("WORKERS", "1".to_string()),
+        ];
+        Self {
+            state,
+            vars,
+            api: format!("http://{api}"),
+            admin: format!("http://{admin}"),
+        }
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/local-topology.sh"))
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    }
+
+    fn up(&self) {
+        let out = self.script(&["up"]);
+        assert!(
+            out.status.success(),
+            "up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn seed(&self, key: &str, value: &str) {
+        let out = self.script(&["seed", key, value]);
+        assert!(
+            out.status.success(),
+            "seed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pid(&self, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.state.path().join(format!("run/{name}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state.path().join(format!("logs/{name}.log")))
+            .unwrap_or_default()
+    }
+
+    async fn value(&self, key: &str) -> Option<String> {
+        let body: serde_json::Value = reqwest::get(format!("{}/v1/keys/{key}", self.api))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        body["value"].as_str().map(str::to_owned)
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.script(&["down"]);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn sidecar_reads_the_masters_writes_through_the_tunnel() {
+    let topology = Topology::new("sidecar");
+    topology.up();
+    topology.seed("known-key", "first");
+    wait_for(
+        "the write to reach the api",
+        Duration::from_secs(10),
+        || async { (topology.value("known-key").await.as_deref() == Some("first")).then_some(()) },
+    )
+    .await;
+    assert_eq!(topology.metric("read_api_replica_role").await, Some(1.0));
+
+    // Losing the tunnel cuts the replica off; reads go on with the last value.
+    let stunnel = topology.pid("stunnel").unwrap();
+    support::signal(stunnel, "KILL");
+    wait_for(
+        "the replica link to drop",
+        Duration::from_secs(10),
+        || async { (topology.metric("read_api_replica_link_up").await == Some(0.0)).then_some(()) },
+    )
+    .await;
+    assert_eq!(topology.value("known-key").await.as_deref(), Some("first"));
+
+    let pids: Vec<u32> = ["api", "replica", "master"]
+        .iter()
+        .filter_map(|n| topology.pid(n))
+        .collect();
+    assert_eq!(pids.len(), 3);
+    let out = topology.script(&["down"]);
+    assert!(out.status.success());
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} survived down");
+    }
+}
+
+#[tokio::test]
+async fn central_reads_the_master_over_tls() {
+    let topology = Topology::new("central");
+    topology.up();
+    topology.seed("known-key", "central");
+    assert_eq!(
+        topology.value("known-key").await.as_deref(),
+        Some("central")
+    );
+    assert_eq!(topology.metric("read_api_replica_role").await, Some(0.0));
+    assert!(topology.pid("replica").is_none() && topology.pid("stunnel").is_none());
+}
+
+#[tokio::test]
+async fn a_master_certificate_from_another_ca_is_refused() {
+    let other = Certs::generate("localhost");
+    let mut topology = Topology::new("sidecar");
+    topology.vars.push((
+        "TRUST_CA_FILE",
+        other.path().join("ca.crt").display().to_string(),
+    ));
+    topology.vars.push(("READY_TIMEOUT", "4".to_string()));
+    let out = topology.script(&["up"]);
+    assert!(
+        !out.status.success(),
+        "up must fail: the replica can never sync"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("replica_not_synced"), "{stderr}");
+    let stunnel_log = topology.log("stunnel");
+    assert!(
+        stunnel_log.contains("certificate verify failed"),
+        "{stunnel_log}"
+    );
+    // A failed up leaves nothing running.
+    assert!(["api", "replica", "stunnel", "master"]
+        .iter()
+        .all(|n| topology.pid(n).is_none()));
+}
+
+#[tokio::test]
+async fn a_taken_port_is_reported_by_name() {
+    let topology = Topology::new("sidecar");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut topology = topology;
+    topology.vars.retain(|(k, _)| *k != "REPLICA_PORT");
+    topology.vars.push(("REPLICA_PORT", port.clone()));
+    let out = topology.script(&["up"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} (REPLICA_PORT) is already in use")),
+        "{stderr}"
+    );
+}
