@@ -26,8 +26,8 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: deps
-deps: ## Install the Debian packages the tests need (redis-server, redis-tools, stunnel4, openssl).
-	@scripts/install-deps.sh redis-server redis-cli stunnel4 openssl
+deps: ## Install the Debian packages the tests need (redis-server, redis-tools, stunnel4, openssl, curl).
+	@scripts/install-deps.sh redis-server redis-cli stunnel4 openssl curl python3
 
 .PHONY: build
 build: ## Build the API in release mode (target/release/read-api).
@@ -43,12 +43,23 @@ lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: deps lint ## Run every test: lint, unit and integration tests against real Redis.
+test: deps lint test-manifests test-rust ## Run every test: lint, manifests, and the Rust tests against real Redis and stunnel.
+
+.PHONY: test-rust
+test-rust: deps ## Unit and integration tests of the API and the local topology.
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+.PHONY: venv
+venv: ## Create .venv with the Python test tools (kubernetes-validate, pytest), once.
+	@scripts/python-venv.sh
+
+.PHONY: test-manifests
+test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology.
+	.venv/bin/pytest -q deploy/tests
 
 ##@ Local topology
 
@@ -64,3 +75,59 @@ demo-down: ## Stop a demo started elsewhere (state and logs in target/demo).
 demo-seed: ## Write KEY=... VALUE=... through the local demo's master.
 	@[[ -n "$(KEY)" ]] || { echo "usage: make demo-seed KEY=known-key VALUE=text" >&2; exit 2; }
 	@scripts/local-topology.sh seed "$(KEY)" "$(VALUE)"
+
+##@ Images
+
+.PHONY: images
+images: ## Build read-api and read-api-stunnel images (CONTAINER_TOOL, IMAGE_REGISTRY, IMAGE_TAG, IMAGE_BUILD=source|prebuilt).
+	@scripts/images.sh
+
+.PHONY: static
+static: ## Build the static (musl) read-api binary used by the FROM-scratch image.
+	@scripts/build-static.sh
+
+##@ Kubernetes (needs kubectl pointed at a cluster)
+
+.PHONY: certs
+certs: ## Create a CA and a master certificate for the in-cluster master (target/certs).
+	@scripts/gen-certs.sh
+
+.PHONY: check-master
+check-master: ## Check a replica can follow MASTER_HOST:MASTER_PORT (MASTER_CA, MASTER_PASSWORD, MASTER_USER).
+	@scripts/check-master.sh
+
+.PHONY: master-secret
+master-secret: ## Point the kit at a hosted master (MASTER_HOST, MASTER_PORT, MASTER_PASSWORD, MASTER_CA).
+	@scripts/deploy.sh master-secret
+
+.PHONY: deploy-master
+deploy-master: ## Deploy the in-cluster TLS master (certificates, Secrets, StatefulSet).
+	@scripts/deploy.sh master
+
+.PHONY: deploy-sidecar
+deploy-sidecar: ## Deploy the API with a Redis replica and stunnel in every pod.
+	@scripts/deploy.sh sidecar
+
+.PHONY: deploy-central
+deploy-central: ## Deploy the API reading the master directly over TLS.
+	@scripts/deploy.sh central
+
+.PHONY: undeploy
+undeploy: ## Remove the API and the in-cluster master (PURGE=1 also deletes the namespace).
+	@scripts/deploy.sh undeploy
+
+.PHONY: port-forward
+port-forward: ## Forward localhost:8080 to svc/read-api (LOCAL_PORT to change it).
+	@scripts/deploy.sh port-forward
+
+.PHONY: smoke
+smoke: ## curl known-key through a port-forward to svc/read-api.
+	@scripts/deploy.sh smoke
+
+.PHONY: seed
+seed: ## Write KEY=... VALUE=... through the master.
+	@scripts/deploy.sh seed "$(KEY)" "$(VALUE)"
+
+.PHONY: render
+render: ## Print the manifests of TOPOLOGY=sidecar|central|master with the image settings.
+	@scripts/deploy.sh render "$(TOPOLOGY)"

@@ -22,6 +22,7 @@ package_for() {
         curl) echo curl ;;
         jq) echo jq ;;
         taskset) echo util-linux ;;
+        musl-gcc) echo musl-tools ;;
         *) echo "install-deps: no package known for command '$1'" >&2; return 1 ;;
     esac
 }

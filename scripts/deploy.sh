@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Deploys the kit to the cluster kubectl points at. The Makefile's deploy
+# targets call this; each subcommand can be run alone.
+#
+#   render TARGET         print the manifests of sidecar|central|master, with images set
+#   master                in-cluster TLS master: certificates, Secrets, StatefulSet
+#   master-secret         the redis-master Secret for a hosted master, from
+#                         MASTER_HOST, MASTER_PORT, MASTER_PASSWORD, MASTER_CA [, MASTER_USER]
+#   sidecar | central     the API in that topology (needs the redis-master Secret)
+#   undeploy              remove the API (both topologies) and the in-cluster master;
+#                         Secrets and the master's volume stay unless PURGE=1
+#   port-forward          svc/read-api on localhost:$LOCAL_PORT (default 8080)
+#   smoke                 curl known-key through a port-forward
+#   seed KEY VALUE        write through the master
+#
+# Settings: NAMESPACE (read-api), IMAGE_REGISTRY (localhost), IMAGE_TAG (0.1.0),
+# CERTS_DIR (target/certs), ROLLOUT_TIMEOUT (180s).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+NAMESPACE=${NAMESPACE:-read-api}
+IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
+IMAGE_TAG=${IMAGE_TAG:-0.1.0}
+CERTS_DIR=${CERTS_DIR:-$repo/target/certs}
+ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-180s}
+LOCAL_PORT=${LOCAL_PORT:-8080}
+k=(kubectl -n "$NAMESPACE")
+
+say() { printf '%s\n' "deploy: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+require_cluster() {
+    command -v kubectl >/dev/null || die "kubectl is not installed"
+    if ! kubectl version --request-timeout=5s >/dev/null 2>&1; then
+        local context
+        context=$(kubectl config current-context 2>/dev/null || echo none)
+        die "kubectl reaches no cluster (current context: $context). Point it at one (kubectl config use-context NAME, or KUBECONFIG) and run this again."
+    fi
+}
+
+# Renders deploy/<dir> with the images from IMAGE_REGISTRY and IMAGE_TAG,
+# through a generated kustomization, so the repository is never edited.
+render() {
+    local dir
+    case $1 in
+        sidecar | central) dir=overlays/$1 ;;
+        master) dir=master ;;
+        *) die "render takes sidecar, central or master, not '$1'" ;;
+    esac
+    local work="$repo/target/deploy/$1"
+    mkdir -p "$work"
+    cat >"$work/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../deploy/$dir
+images:
+  - name: localhost/read-api
+    newName: $IMAGE_REGISTRY/read-api
+    newTag: "$IMAGE_TAG"
+  - name: localhost/read-api-stunnel
+    newName: $IMAGE_REGISTRY/read-api-stunnel
+    newTag: "$IMAGE_TAG"
+EOF
+    kubectl kustomize "$work"
+}
+
+secret_value() {
+    "${k[@]}" get secret "$1" -o "jsonpath={.data.$2}" 2>/dev/null | base64 -d 2>/dev/null || true
+}
+
+apply_secret() {
+    kubectl create secret generic "$@" -n "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
+
+ensure_namespace() {
+    kubectl kustomize "$repo/deploy/namespace" | kubectl apply -f - >/dev/null
+}
+
+deploy_master() {
+    require_cluster
+    "$repo/scripts/gen-certs.sh"
+    ensure_namespace
+    local password
+    password=$(secret_value redis-master password)
+    [[ -n $password ]] || password=$(openssl rand -hex 24)
+    apply_secret redis-master-tls --from-file=tls.crt="$CERTS_DIR/master.crt" \
+        --from-file=tls.key="$CERTS_DIR/master.key" --from-file=ca.crt="$CERTS_DIR/ca.crt"
+    apply_secret redis-master --from-literal=host="redis-master.$NAMESPACE.svc.cluster.local" \
+        --from-literal=port=6380 --from-literal=user=default --from-literal=password="$password" \
+        --from-file=ca.crt="$CERTS_DIR/ca.crt"
+    render master | kubectl apply -f -
+    "${k[@]}" rollout status statefulset/redis-master --timeout="$ROLLOUT_TIMEOUT"
+    say "master ready at redis-master.$NAMESPACE.svc.cluster.local:6380 (TLS); Secret redis-master holds how to reach it"
+}
+
+master_secret() {
+    require_cluster
+    : "${MASTER_HOST:?set MASTER_HOST, MASTER_PORT, MASTER_PASSWORD and MASTER_CA (a PEM file)}"
+    : "${MASTER_PORT:?set MASTER_PORT}" "${MASTER_PASSWORD:?set MASTER_PASSWORD}" "${MASTER_CA:?set MASTER_CA}"
+    [[ -r $MASTER_CA ]] || die "MASTER_CA $MASTER_CA is not readable"
+    ensure_namespace
+    apply_secret redis-master --from-literal=host="$MASTER_HOST" --from-literal=port="$MASTER_PORT" \
+        --from-literal=user="${MASTER_USER:-default}" --from-literal=password="$MASTER_PASSWORD" \
+        --from-file=ca.crt="$MASTER_CA"
+    say "Secret redis-master now points at $MASTER_HOST:$MASTER_PORT"
+}
+
+deploy_api() {
+    local topology=$1
+    require_cluster
+    ensure_namespace
+    "${k[@]}" get secret redis-master >/dev/null 2>&1 \
+        || die "no Secret redis-master in namespace $NAMESPACE: run 'make deploy-master' (in-cluster master) or 'make master-secret MASTER_HOST=… MASTER_PORT=… MASTER_PASSWORD=… MASTER_CA=…' (hosted)"
+    if [[ $topology == sidecar && -z $(secret_value read-api-replica password) ]]; then
+        apply_secret read-api-replica --from-literal=password="$(openssl rand -hex 24)"
+    fi
+    render "$topology" | kubectl apply -f -
+    "${k[@]}" rollout status deployment/read-api --timeout="$ROLLOUT_TIMEOUT"
+    say "$topology topology ready; try: make port-forward, then curl localhost:$LOCAL_PORT/v1/keys/known-key"
+}
+
+undeploy() {
+    require_cluster
+    local target
+    for target in sidecar central master; do
+        # Deleting the namespace is PURGE's business: keep it while rendering deletes.
+        render "$target" | yq_drop_namespace | kubectl delete --ignore-not-found -f - >/dev/null
+    done
+    if [[ -n ${PURGE:-} ]]; then
+        kubectl delete namespace "$NAMESPACE" --ignore-not-found
+        say "deleted namespace $NAMESPACE with its Secrets and volumes"
+    else
+        say "removed the API and the master; Secrets and the master's volume remain (PURGE=1 deletes the namespace)"
+    fi
+}
+
+# Filters the Namespace object out of a rendered stream.
+yq_drop_namespace() {
+    awk 'BEGIN { RS = "\n---\n"; ORS = "\n---\n" } !/(^|\n)kind: Namespace\n/'
+}
+
+port_forward() {
+    require_cluster
+    exec "${k[@]}" port-forward svc/read-api "$LOCAL_PORT:80"
+}
+
+smoke() {
+    require_cluster
+    "${k[@]}" port-forward svc/read-api "$LOCAL_PORT:80" >/dev/null 2>&1 &
+    local forward=$!
+    trap 'kill $forward 2>/dev/null' EXIT
+    local deadline=$((SECONDS + 15))
+    until curl -s -o /dev/null "localhost:$LOCAL_PORT/v1/keys/known-key"; do
+        ((SECONDS < deadline)) || die "port-forward to svc/read-api did not come up"
+        sleep 0.3
+    done
+    echo "\$ curl localhost:$LOCAL_PORT/v1/keys/known-key"
+    curl -s -w '\nHTTP %{http_code}\n' "localhost:$LOCAL_PORT/v1/keys/known-key"
+}
+
+seed() {
+    require_cluster
+    local key=$1 value=$2
+    if "${k[@]}" get statefulset/redis-master >/dev/null 2>&1; then
+        "${k[@]}" exec statefulset/redis-master -c redis -- sh -c \
+            'redis-cli --tls --cacert /etc/redis/tls/ca.crt -h localhost -p 6380 SET "$1" "$2"' _ "$key" "$value"
+    else
+        # A hosted master: write from here with what the Secret says.
+        local ca
+        ca=$(mktemp)
+        trap 'rm -f "$ca"' RETURN
+        secret_value redis-master ca.crt >"$ca"
+        REDISCLI_AUTH=$(secret_value redis-master password) redis-cli --tls --cacert "$ca" \
+            -h "$(secret_value redis-master host)" -p "$(secret_value redis-master port)" \
+            --user "$(secret_value redis-master user)" --no-auth-warning SET "$key" "$value"
+    fi
+}
+
+case ${1:-} in
+    render) render "${2:-}" ;;
+    master) deploy_master ;;
+    master-secret) master_secret ;;
+    sidecar | central) deploy_api "$1" ;;
+    undeploy) undeploy ;;
+    port-forward) port_forward ;;
+    smoke) smoke ;;
+    seed)
+        [[ $# -eq 3 && -n $2 ]] || die "usage: $0 seed KEY VALUE"
+        seed "$2" "$3"
+        ;;
+    *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|undeploy|port-forward|smoke|seed KEY VALUE" ;;
+esac

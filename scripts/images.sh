@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the images the manifests reference, tagged $IMAGE_REGISTRY/NAME:$IMAGE_TAG.
+#
+#   CONTAINER_TOOL  podman or docker (default podman)
+#   IMAGE_BUILD     source: compile inside the build (api/Containerfile, needs the
+#                   Rust image); prebuilt: compile the static binary here first
+#                   (api/Containerfile.prebuilt, needs only this machine). Default source.
+#   PUSH=1          push both images after building
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+CONTAINER_TOOL=${CONTAINER_TOOL:-podman}
+IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
+IMAGE_TAG=${IMAGE_TAG:-0.1.0}
+IMAGE_BUILD=${IMAGE_BUILD:-source}
+command -v "$CONTAINER_TOOL" >/dev/null || { echo "images: $CONTAINER_TOOL is not installed (set CONTAINER_TOOL=docker or podman)" >&2; exit 1; }
+
+api_image="$IMAGE_REGISTRY/read-api:$IMAGE_TAG"
+stunnel_image="$IMAGE_REGISTRY/read-api-stunnel:$IMAGE_TAG"
+
+case $IMAGE_BUILD in
+    source) containerfile=api/Containerfile ;;
+    prebuilt)
+        "$repo/scripts/build-static.sh"
+        containerfile=api/Containerfile.prebuilt
+        ;;
+    *) echo "images: IMAGE_BUILD must be source or prebuilt, got '$IMAGE_BUILD'" >&2; exit 1 ;;
+esac
+
+echo "images: building $api_image from $containerfile"
+"$CONTAINER_TOOL" build -f "$containerfile" -t "$api_image" .
+echo "images: building $stunnel_image"
+"$CONTAINER_TOOL" build -f deploy/images/stunnel/Containerfile -t "$stunnel_image" deploy/images/stunnel
+
+if [[ -n ${PUSH:-} ]]; then
+    "$CONTAINER_TOOL" push "$api_image"
+    "$CONTAINER_TOOL" push "$stunnel_image"
+fi
+"$CONTAINER_TOOL" images --filter "reference=$IMAGE_REGISTRY/read-api*"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv with deploy/tests/requirements.txt, once: a rerun with the same
+# requirements does nothing.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv="$repo/.venv"
+requirements="$repo/deploy/tests/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$requirements" | cut -d' ' -f1)
+
+if [[ -x $venv/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
+    exit 0
+fi
+command -v python3 >/dev/null || "$repo/scripts/install-deps.sh" python3
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    echo "python-venv: python3 cannot create virtual environments; install python3-venv" >&2
+    exit 1
+fi
+echo "python-venv: creating $venv"
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+echo "$want" >"$stamp"
