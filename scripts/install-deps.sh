@@ -2,6 +2,7 @@
 # Installs the Debian packages that provide the given commands, when missing.
 #
 #   scripts/install-deps.sh redis-server redis-cli stunnel4
+#   scripts/install-deps.sh pkg:python3-venv     (a package with no command of its own)
 #
 # Only missing commands are installed, so a second run does nothing. Needs root
 # or sudo for apt-get; without either it says what to install and fails.
@@ -29,7 +30,9 @@ package_for() {
 
 missing=()
 for cmd in "$@"; do
-    if ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x /usr/sbin/$cmd ]]; then
+    if [[ $cmd == pkg:* ]]; then
+        dpkg -s "${cmd#pkg:}" >/dev/null 2>&1 || missing+=("${cmd#pkg:}")
+    elif ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x /usr/sbin/$cmd ]]; then
         missing+=("$(package_for "$cmd")")
     fi
 done

@@ -13,9 +13,9 @@ if [[ -x $venv/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
     exit 0
 fi
 command -v python3 >/dev/null || "$repo/scripts/install-deps.sh" python3
-if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    echo "python-venv: python3 cannot create virtual environments; install python3-venv" >&2
-    exit 1
+# Debian's python3 creates virtual environments only with python3-venv.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    "$repo/scripts/install-deps.sh" pkg:python3-venv
 fi
 echo "python-venv: creating $venv"
 python3 -m venv "$venv"
