@@ -131,3 +131,21 @@ seed: ## Write KEY=... VALUE=... through the master.
 .PHONY: render
 render: ## Print the manifests of TOPOLOGY=sidecar|central|master with the image settings.
 	@scripts/deploy.sh render "$(TOPOLOGY)"
+
+##@ Load tests
+
+.PHONY: bench
+bench: ## Side-by-side benchmark on this machine (BENCH_QUICK=1 for a few seconds per point): target/bench/report.md.
+	@loadtest/bench.sh
+
+.PHONY: loadtest
+loadtest: ## Rate ladder against BASE_URL (default the demo, http://127.0.0.1:8080): RATES, DURATION, TARGET.
+	@loadtest/attack.sh
+
+.PHONY: loadtest-cluster
+loadtest-cluster: ## The distributed vegeta ladder on a cluster: TOPOLOGY=sidecar|central RATES=... PODS=...
+	@loadtest/cluster.sh
+
+.PHONY: model
+model: ## Predict reads/s for N pods, central vs sidecar, from the costs make bench measured.
+	@loadtest/model

@@ -26,17 +26,11 @@ ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-180s}
 LOCAL_PORT=${LOCAL_PORT:-8080}
 k=(kubectl -n "$NAMESPACE")
 
+# shellcheck source=lib/kube.sh
+source "$repo/scripts/lib/kube.sh"
+
 say() { printf '%s\n' "deploy: $*" >&2; }
 die() { say "$*"; exit 1; }
-
-require_cluster() {
-    command -v kubectl >/dev/null || die "kubectl is not installed"
-    if ! kubectl version --request-timeout=5s >/dev/null 2>&1; then
-        local context
-        context=$(kubectl config current-context 2>/dev/null || echo none)
-        die "kubectl reaches no cluster (current context: $context). Point it at one (kubectl config use-context NAME, or KUBECONFIG) and run this again."
-    fi
-}
 
 # Renders deploy/<dir> with the images from IMAGE_REGISTRY and IMAGE_TAG,
 # through a generated kustomization, so the repository is never edited.

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A rate ladder against the read API: one step per rate, one result file per
+# step, a report per step, and a summary table of success rate, p50/p95/p99 and
+# throughput per rate.
+#
+# Engine: vegeta when it is on PATH, otherwise oha (installed by
+# loadtest/install-oha.sh) at the same fixed request rate. Both are normalised
+# to one result format (loadtest/lib/results.py); each line says which engine ran.
+#
+#   BASE_URL     where the API answers (default http://127.0.0.1:8080)
+#   TARGET       known-key | random | batch (default known-key; see targets.sh)
+#   RATES        comma-separated requests/s (default 1000,5000,10000,20000)
+#   DURATION     seconds per step (default 10)
+#   CONNECTIONS  concurrent connections (default 64)
+#   LABEL        name of this series in results and plots (default: TARGET)
+#   OUT          results folder (default target/loadtest/LABEL)
+#   ENGINE       auto | vegeta | oha (default auto)
+#   LOAD_CPUS    pin the engine to these CPUs (taskset -c)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
+TARGET=${TARGET:-known-key}
+RATES=${RATES:-1000,5000,10000,20000}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+LABEL=${LABEL:-$TARGET}
+OUT=${OUT:-$here/../target/loadtest/$LABEL}
+ENGINE=${ENGINE:-auto}
+
+if [[ $ENGINE == auto ]]; then
+    if command -v vegeta >/dev/null; then ENGINE=vegeta; else ENGINE=oha; fi
+fi
+case $ENGINE in
+    vegeta) command -v vegeta >/dev/null || { echo "attack: ENGINE=vegeta but vegeta is not on PATH" >&2; exit 1; } ;;
+    oha)
+        "$here/install-oha.sh"
+        export PATH="$HOME/.cargo/bin:$PATH"
+        ;;
+    *) echo "attack: ENGINE must be auto, vegeta or oha, not '$ENGINE'" >&2; exit 2 ;;
+esac
+pin=()
+[[ -n ${LOAD_CPUS:-} ]] && pin=(taskset -c "$LOAD_CPUS")
+
+mkdir -p "$OUT"
+"$here/targets.sh" "$TARGET" "$BASE_URL" >"$OUT/targets.txt"
+summary="$OUT/summary.jsonl"
+: >"$summary"
+echo "attack: engine=$ENGINE target=$TARGET base=$BASE_URL rates=$RATES duration=${DURATION}s -> $OUT" >&2
+
+IFS=',' read -ra rates <<<"$RATES"
+for rate in "${rates[@]}"; do
+    step="$OUT/step-$rate"
+    if [[ $ENGINE == vegeta ]]; then
+        "${pin[@]}" vegeta attack -targets="$OUT/targets.txt" -rate="$rate" -duration="${DURATION}s" \
+            -timeout=5s -max-workers="$CONNECTIONS" >"$step.bin"
+        vegeta report <"$step.bin" | tee "$step.txt" >&2
+        vegeta report -type=json <"$step.bin" >"$step.json"
+        python3 "$here/lib/results.py" vegeta "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+    else
+        sed 's/^GET //' "$OUT/targets.txt" >"$OUT/urls.txt"
+        "${pin[@]}" oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNECTIONS" \
+            -t 5s --latency-correction --urls-from-file "$OUT/urls.txt" >"$step.json"
+        python3 "$here/lib/results.py" oha "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+    fi
+    tail -n 1 "$summary" >&2
+done
+
+python3 "$here/lib/results.py" table "$summary" | tee "$OUT/summary.md"
+if [[ $ENGINE == vegeta ]]; then
+    # vegeta's own HTML latency plot of the whole ladder.
+    cat "$OUT"/step-*.bin | vegeta plot --title "$LABEL" >"$OUT/plot.html"
+fi

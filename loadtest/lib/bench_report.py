@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Turns a make bench run (target/bench) into report.md and results.csv.
+
+Usage: bench_report.py BENCH_DIR"""
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+NAMES = {
+    "api-sidecar-tcp": "API, sidecar: local replica over loopback TCP",
+    "api-sidecar-unix": "API, sidecar: local replica over a unix socket",
+    "api-central-tls": "API, central: master over TLS",
+    "webdis": "webdis on the same replica",
+    "nginx-ceiling": "HTTP ceiling: nginx `return 200`",
+    "redis-benchmark": "redis-benchmark GET on the same replica (no HTTP)",
+}
+TARGETS = {"api_vs_webdis": 1.2, "p99_half_max_ms": 1.0, "rss_mb": 30.0}
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def main(bench):
+    points = {p["label"]: p for p in jsonl(bench / "points.jsonl")}
+    costs = json.loads((bench / "costs.json").read_text())
+    ladders = {path.stem.removeprefix("ladder-"): jsonl(path) for path in sorted(bench.glob("ladder-*.jsonl"))}
+
+    rows = ["| system | req/s | p50 ms | p99 ms | peak RSS MB |", "| --- | ---: | ---: | ---: | ---: |"]
+    csv = ["system,engine,requests_per_s,p50_ms,p99_ms,success_ratio,rss_mb"]
+    for label, title in NAMES.items():
+        p = points.get(label)
+        if not p:
+            continue
+        rss = p.get("rss_kb", 0) / 1024
+        rows.append(
+            f"| {title} | {p['throughput']:.0f} | {p['p50_ms']:.3f} | {p['p99_ms']:.3f} | {rss:.1f} |" if rss
+            else f"| {title} | {p['throughput']:.0f} | {p['p50_ms']:.3f} | {p['p99_ms']:.3f} | |"
+        )
+        csv.append(f"{label},{p['engine']},{p['throughput']:.1f},{p['p50_ms']:.3f},{p['p99_ms']:.3f},{p['success_ratio']},{rss:.1f}")
+
+    def ratio(a, b):
+        return points[a]["throughput"] / points[b]["throughput"] if a in points and b in points else float("nan")
+
+    api_webdis = ratio("api-sidecar-tcp", "webdis")
+    sidecar = ladders.get("sidecar", [])
+    half = sorted(sidecar, key=lambda r: r["offered_rate"])[1] if len(sidecar) > 1 else None
+    rss_mb = max((points[k].get("rss_kb", 0) for k in points if k.startswith("api-")), default=0) / 1024
+
+    lines = [
+        "# make bench",
+        "",
+        f"Machine: {machine()}. System under test pinned to CPU {costs['sut_cpus']}, load generator "
+        f"(oha, {points['api-sidecar-tcp']['engine'] if 'api-sidecar-tcp' in points else 'oha'}) on the other; "
+        f"{costs['seconds_per_point']} s per point, measured side by side in one run.",
+        "",
+        *rows,
+        "",
+        "| ratio | value | target |",
+        "| --- | ---: | --- |",
+        f"| API sidecar TCP / webdis | {api_webdis:.2f} | ≥ {TARGETS['api_vs_webdis']} ({verdict(api_webdis >= TARGETS['api_vs_webdis'])}) |",
+        f"| API sidecar unix / TCP | {ratio('api-sidecar-unix', 'api-sidecar-tcp'):.2f} | > 1 ({verdict(ratio('api-sidecar-unix', 'api-sidecar-tcp') > 1)}) |",
+        f"| API sidecar TCP / HTTP ceiling | {ratio('api-sidecar-tcp', 'nginx-ceiling'):.2f} | |",
+        f"| API sidecar TCP / central TLS | {ratio('api-sidecar-tcp', 'api-central-tls'):.2f} | |",
+    ]
+    if half:
+        lines.append(
+            f"| p99 at half the max rate ({half['offered_rate']:.0f}/s, sidecar) | {half['p99_ms']:.3f} ms "
+            f"| < {TARGETS['p99_half_max_ms']} ms ({verdict(half['p99_ms'] < TARGETS['p99_half_max_ms'])}) |"
+        )
+    lines.append(f"| API peak resident memory under load | {rss_mb:.1f} MB | < {TARGETS['rss_mb']:.0f} MB ({verdict(rss_mb < TARGETS['rss_mb'])}) |")
+    lines += [
+        "",
+        "Rate ladder (the same offered rates for both topologies; plot: `target/bench/ladder.svg`):",
+        "",
+        "| topology | offered/s | success | throughput/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, rows_ in ladders.items():
+        for r in sorted(rows_, key=lambda r: r["offered_rate"]):
+            lines.append(
+                f"| {label} | {r['offered_rate']:.0f} | {100 * r['success_ratio']:.2f} % | {r['throughput']:.0f} "
+                f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
+            )
+    lines += [
+        "",
+        "What a request costs here (CPU time per operation, input to `loadtest/model`):",
+        "",
+        f"- API, sidecar read: {costs['api_cpu_us_per_read']} µs; its replica: {costs['replica_cpu_us_per_read']} µs",
+        f"- API, central read over TLS: {costs['central_api_cpu_us_per_read']} µs; the master: {costs['master_tls_cpu_us_per_read']} µs",
+        f"- stunnel, per replicated write: {costs['stunnel_cpu_us_per_write']} µs",
+    ]
+    (bench / "results.csv").write_text("\n".join(csv) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""One result format for every load engine.
+
+A result is one JSON line:
+  {"label", "engine", "offered_rate", "duration_s", "requests", "ok",
+   "success_ratio", "throughput", "p50_ms", "p95_ms", "p99_ms", "max_ms"}
+where `ok` counts HTTP 200 answers, success_ratio = ok / requests, and
+throughput = ok / duration_s.
+
+  results.py oha FILE --label L --rate R         an `oha --output-format json` file
+  results.py vegeta FILE --label L --rate R      a `vegeta report -type=json` file
+  results.py hist FILE... --label L --rate R --duration S
+                                                 merge histograms from loadtest/k8s pods
+  results.py table FILE.jsonl                    markdown table
+  results.py csv FILE.jsonl                      label,offered_rate,success_pct,p99_ms,throughput
+"""
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+
+def record(label, engine, rate, duration, requests, ok, p50, p95, p99, maximum):
+    return {
+        "label": label,
+        "engine": engine,
+        "offered_rate": rate,
+        "duration_s": round(duration, 3),
+        "requests": requests,
+        "ok": ok,
+        "success_ratio": round(ok / requests, 6) if requests else 0.0,
+        "throughput": round(ok / duration, 1) if duration else 0.0,
+        "p50_ms": round(p50, 3),
+        "p95_ms": round(p95, 3),
+        "p99_ms": round(p99, 3),
+        "max_ms": round(maximum, 3),
+    }
+
+
+def from_oha(path, label, rate):
+    with open(path) as f:
+        data = json.load(f)
+    codes = {int(k): v for k, v in data.get("statusCodeDistribution", {}).items()}
+    errors = sum(data.get("errorDistribution", {}).values())
+    requests = sum(codes.values()) + errors
+    percentiles = data.get("latencyPercentiles", {})
+    summary = data["summary"]
+
+    def ms(value):
+        return (value or 0.0) * 1000.0
+
+    return record(
+        label, "oha", rate, summary["total"], requests, codes.get(200, 0),
+        ms(percentiles.get("p50")), ms(percentiles.get("p95")), ms(percentiles.get("p99")),
+        ms(summary.get("slowest")),
+    )
+
+
+def from_vegeta(path, label, rate):
+    with open(path) as f:
+        data = json.load(f)
+    latencies = data["latencies"]
+    requests = data["requests"]
+    ok = data.get("status_codes", {}).get("200", 0)
+    duration = (data["duration"] + data.get("wait", 0)) / 1e9
+
+    def ms(ns):
+        return ns / 1e6
+
+    return record(
+        label, "vegeta", rate, duration, requests, ok,
+        ms(latencies["50th"]), ms(latencies["95th"]), ms(latencies["99th"]), ms(latencies["max"]),
+    )
+
+
+# Histogram lines from the loadtest Job pods: `H <status> <bucket> <count>`, a bucket
+# being 10 µs of latency; status 0 is a transport error.
+BUCKET_MS = 0.01
+
+
+def from_histograms(paths, label, rate, duration):
+    latencies = Counter()
+    statuses = Counter()
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 4 and parts[0] == "H":
+                    status, bucket, count = int(parts[1]), int(parts[2]), int(parts[3])
+                    statuses[status] += count
+                    latencies[bucket] += count
+    requests = sum(statuses.values())
+
+    def percentile(p):
+        if not requests:
+            return 0.0
+        rank = p * requests
+        seen = 0
+        for bucket in sorted(latencies):
+            seen += latencies[bucket]
+            if seen >= rank:
+                return (bucket + 1) * BUCKET_MS
+        return (max(latencies) + 1) * BUCKET_MS
+
+    maximum = (max(latencies) + 1) * BUCKET_MS if latencies else 0.0
+    return record(
+        label, "vegeta", rate, duration, requests, statuses[200],
+        percentile(0.50), percentile(0.95), percentile(0.99), maximum,
+    )
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def table(rows):
+    out = [
+        "| label | engine | offered/s | requests | success | throughput/s | p50 ms | p95 ms | p99 ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        offered = "max" if not r["offered_rate"] else f"{r['offered_rate']:.0f}"
+        out.append(
+            f"| {r['label']} | {r['engine']} | {offered} | {r['requests']} | {100 * r['success_ratio']:.2f} % "
+            f"| {r['throughput']:.0f} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["oha", "vegeta", "hist", "table", "csv"])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--rate", type=float, default=0.0, help="offered requests/s; 0 for as fast as possible")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds, for hist")
+    parser.add_argument("--extra", action="append", default=[], metavar="KEY=NUMBER", help="a field to add")
+    args = parser.parse_args(argv)
+    extra = {}
+    for item in args.extra:
+        key, _, value = item.partition("=")
+        extra[key] = float(value)
+
+    if args.kind == "oha":
+        print(json.dumps(from_oha(args.files[0], args.label, args.rate) | extra))
+    elif args.kind == "vegeta":
+        print(json.dumps(from_vegeta(args.files[0], args.label, args.rate) | extra))
+    elif args.kind == "hist":
+        if args.duration <= 0:
+            parser.error("hist needs --duration")
+        print(json.dumps(from_histograms(args.files, args.label, args.rate, args.duration)))
+    elif args.kind == "table":
+        print(table([r for path in args.files for r in read_jsonl(path)]))
+    else:
+        print("label,offered_rate,success_pct,p99_ms,throughput")
+        for path in args.files:
+            for r in read_jsonl(path):
+                print(f"{r['label']},{r['offered_rate']:.0f},{100 * r['success_ratio']:.3f},{r['p99_ms']:.3f},{r['throughput']:.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
