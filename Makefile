@@ -43,7 +43,7 @@ lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: deps lint test-manifests test-rust ## Run every test: lint, manifests, and the Rust tests against real Redis and stunnel.
+test: deps lint test-manifests test-rust test-loadtest ## Run every test: lint, manifests, the Rust tests against real Redis and stunnel, the load-test kit.
 
 .PHONY: test-rust
 test-rust: deps ## Unit and integration tests of the API and the local topology.
@@ -56,6 +56,10 @@ test-rust: deps ## Unit and integration tests of the API and the local topology.
 .PHONY: venv
 venv: ## Create .venv with the Python test tools (kubernetes-validate, pytest), once.
 	@scripts/python-venv.sh
+
+.PHONY: test-loadtest
+test-loadtest: venv ## The load-test kit: oha ladders on the local topology, result formats, model, BENCH_QUICK=1 bench.
+	.venv/bin/pytest -q loadtest/tests
 
 .PHONY: test-manifests
 test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology.

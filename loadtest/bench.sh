@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: the read path on this machine, side by side in one run. The
 # system under test (API, Redis, stunnel, webdis, nginx) is pinned to SUT_CPUS
-# and the load generator (oha, redis-benchmark) to LOAD_CPUS.
+# and the load generators (wrk, oha, redis-benchmark) to LOAD_CPUS.
 #
 #   1. the API in sidecar mode: local replica following a TLS master through
 #      stunnel, read over loopback TCP and over a unix socket
@@ -41,7 +41,7 @@ sut=(taskset -c "$SUT_CPUS")
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 say "prerequisites"
-"$repo/scripts/install-deps.sh" redis-server redis-cli stunnel4 webdis nginx gnuplot openssl curl taskset
+"$repo/scripts/install-deps.sh" redis-server redis-cli stunnel4 webdis nginx gnuplot openssl curl taskset wrk
 "$here/install-oha.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -p read-api 2>&1 | tail -n 1 >&2
@@ -63,8 +63,9 @@ trap stop_services EXIT
 pid_of() { cat "$STATE_DIR/run/$1.pid"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-# Runs oha as fast as it goes against URL; records the result as NAME, with the
-# peak resident memory of RSS_PID when given.
+# Runs wrk as fast as it goes against URL; records the result as NAME, with the
+# peak resident memory of RSS_PID when given. (wrk for the maximum: it spends
+# the least CPU per request of the generators here, so it caps the others last.)
 measure() {
     local name=$1 url=$2 rss_pid=${3:-} peak=0 rss sampler
     if [[ -n $rss_pid ]]; then
@@ -76,23 +77,24 @@ measure() {
         ) >"$out/runs/$name.rss" &
         sampler=$!
     fi
-    "${load[@]}" oha --no-tui --output-format json --worker-threads 1 -z "${BENCH_SECONDS}s" -c "$CONNECTIONS" \
+    "${load[@]}" wrk -t 1 -c "$CONNECTIONS" -d "${BENCH_SECONDS}s" -s "$here/lib/wrk-json.lua" \
         "$url" >"$out/runs/$name.json"
     if [[ -n $rss_pid ]]; then
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
         peak=$(sort -n "$out/runs/$name.rss" | tail -n 1)
     fi
-    python3 "$here/lib/results.py" oha "$out/runs/$name.json" --label "$name" --extra "rss_kb=${peak:-0}" | tee -a "$points" >&2
+    python3 "$here/lib/results.py" wrk "$out/runs/$name.json" --label "$name" --extra "rss_kb=${peak:-0}" | tee -a "$points" >&2
 }
 
-# A rate ladder of LABEL against URL at the given absolute rates.
+# A rate ladder of LABEL against URL at the given absolute rates, with oha, the
+# stand-in for vegeta (wrk has no fixed rate).
 ladder() {
     local label=$1 url=$2 rates=$3 rate
     : >"$out/ladder-$label.jsonl"
     for rate in ${rates//,/ }; do
         "${load[@]}" oha --no-tui --output-format json --worker-threads 1 -z "${BENCH_SECONDS}s" -q "$rate" \
-            --latency-correction -c 64 "$url" >"$out/runs/ladder-$label-$rate.json"
+            -c "$CONNECTIONS" "$url" >"$out/runs/ladder-$label-$rate.json"
         python3 "$here/lib/results.py" oha "$out/runs/ladder-$label-$rate.json" --label "$label" --rate "$rate" \
             | tee -a "$out/ladder-$label.jsonl" >&2
     done
@@ -206,7 +208,7 @@ cat >"$out/costs.json" <<EOF
 {"api_cpu_us_per_read": $api_us, "replica_cpu_us_per_read": $replica_us,
  "central_api_cpu_us_per_read": $central_api_us, "master_tls_cpu_us_per_read": $master_us,
  "stunnel_cpu_us_per_write": $stunnel_us,
- "sut_cpus": "$SUT_CPUS", "seconds_per_point": $BENCH_SECONDS}
+ "sut_cpus": "$SUT_CPUS", "seconds_per_point": $BENCH_SECONDS, "connections": $CONNECTIONS}
 EOF
 "$here/plot.sh" "$out/ladder.svg" "$out/ladder-central.jsonl" "$out/ladder-sidecar.jsonl"
 python3 "$here/lib/bench_report.py" "$out" | tee "$out/report.md"

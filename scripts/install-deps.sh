@@ -16,6 +16,7 @@ package_for() {
         podman) echo podman ;;
         runc) echo runc ;;
         webdis) echo webdis ;;
+        wrk) echo wrk ;;
         nginx) echo nginx-light ;;
         gnuplot) echo gnuplot-nox ;;
         openssl) echo openssl ;;

@@ -163,7 +163,7 @@ impl Settings {
         Ok(Self {
             redis,
             redis_ca_file,
-            redis_pool_size: number("REDIS_POOL_SIZE", raw.redis_pool_size, 1..=256, 2)?,
+            redis_pool_size: number("REDIS_POOL_SIZE", raw.redis_pool_size, 1..=256, 1)?,
             redis_timeout: Duration::from_millis(number(
                 "REDIS_TIMEOUT_MS",
                 raw.redis_timeout_ms,

@@ -69,9 +69,9 @@ def main(bench):
     lines = [
         "# make bench",
         "",
-        f"Machine: {machine()}. System under test pinned to CPU {costs['sut_cpus']}, load generator "
-        f"(oha, {points['api-sidecar-tcp']['engine'] if 'api-sidecar-tcp' in points else 'oha'}) on the other; "
-        f"{costs['seconds_per_point']} s per point, measured side by side in one run.",
+        f"Machine: {machine()}. System under test pinned to CPU {costs['sut_cpus']}, load generator on "
+        f"the other: wrk ({costs['connections']} connections) for the maxima, oha at fixed rates for the "
+        f"ladder; {costs['seconds_per_point']} s per point, measured side by side in one run.",
         "",
         *rows,
         "",

@@ -9,6 +9,7 @@ throughput = ok / duration_s.
 
   results.py oha FILE --label L --rate R         an `oha --output-format json` file
   results.py vegeta FILE --label L --rate R      a `vegeta report -type=json` file
+  results.py wrk FILE --label L                  the last line of wrk with lib/wrk-json.lua
   results.py hist FILE... --label L --rate R --duration S
                                                  merge histograms from loadtest/k8s pods
   results.py table FILE.jsonl                    markdown table
@@ -42,7 +43,8 @@ def from_oha(path, label, rate):
     with open(path) as f:
         data = json.load(f)
     codes = {int(k): v for k, v in data.get("statusCodeDistribution", {}).items()}
-    errors = sum(data.get("errorDistribution", {}).values())
+    # Requests still in flight when -z ran out are cut off by oha itself, not failed.
+    errors = sum(n for e, n in data.get("errorDistribution", {}).items() if "deadline" not in e)
     requests = sum(codes.values()) + errors
     percentiles = data.get("latencyPercentiles", {})
     summary = data["summary"]
@@ -71,6 +73,21 @@ def from_vegeta(path, label, rate):
     return record(
         label, "vegeta", rate, duration, requests, ok,
         ms(latencies["50th"]), ms(latencies["95th"]), ms(latencies["99th"]), ms(latencies["max"]),
+    )
+
+
+def from_wrk(path, label, rate):
+    with open(path) as f:
+        data = json.loads(f.read().strip().splitlines()[-1])
+    requests = data["requests"] + data["socket_errors"]
+    ok = data["requests"] - data["non_2xx"]
+
+    def ms(us):
+        return us / 1000.0
+
+    return record(
+        label, "wrk", rate, data["duration_us"] / 1e6, requests, ok,
+        ms(data["p50_us"]), ms(data["p95_us"]), ms(data["p99_us"]), ms(data["max_us"]),
     )
 
 
@@ -131,7 +148,7 @@ def table(rows):
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["oha", "vegeta", "hist", "table", "csv"])
+    parser.add_argument("kind", choices=["oha", "vegeta", "wrk", "hist", "table", "csv"])
     parser.add_argument("files", nargs="+")
     parser.add_argument("--label", default="")
     parser.add_argument("--rate", type=float, default=0.0, help="offered requests/s; 0 for as fast as possible")
@@ -147,6 +164,8 @@ def main(argv):
         print(json.dumps(from_oha(args.files[0], args.label, args.rate) | extra))
     elif args.kind == "vegeta":
         print(json.dumps(from_vegeta(args.files[0], args.label, args.rate) | extra))
+    elif args.kind == "wrk":
+        print(json.dumps(from_wrk(args.files[0], args.label, args.rate) | extra))
     elif args.kind == "hist":
         if args.duration <= 0:
             parser.error("hist needs --duration")

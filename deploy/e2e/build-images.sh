@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds every image the manifests reference, under the exact names they use,
+# from what this machine has (no registry is reachable here):
+#   localhost/read-api:0.1.0          api/Containerfile.prebuilt over the static binary
+#   docker.io/library/redis:7.2.7     Debian's redis-server and redis-cli with the libraries they load
+#   localhost/read-api-stunnel:0.1.0  Debian's stunnel with the libraries it loads
+# The Redis and stunnel images hold only what the pods run: the binaries, sh and
+# the few tools the start scripts and probes call.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+: "${CONTAINERS_CONF:?build-images: run through make e2e, which sets CONTAINERS_CONF}"
+work="$repo/target/e2e/images"
+IMAGE_TAG=${IMAGE_TAG:-0.1.0}
+REDIS_IMAGE=${REDIS_IMAGE:-docker.io/library/redis:7.2.7}
+
+# Copies each program and every library ldd says it loads into ROOT.
+copy_programs() {
+    local root=$1 program lib
+    shift
+    for program in "$@"; do
+        program=$(command -v "$program")
+        install -D "$(readlink -f "$program")" "$root$program"
+        for lib in $(ldd "$program" | grep -oE '/[^ ]+'); do
+            [[ -e $root$lib ]] || install -D "$(readlink -f "$lib")" "$root$lib"
+        done
+    done
+}
+
+# Imports ROOT as image NAME, running as UID:GID with the given user name.
+import_rootfs() {
+    local root=$1 name=$2 user=$3 uid=$4
+    mkdir -p "$root"/{etc,tmp,run,data}
+    chmod 1777 "$root/tmp"
+    printf 'root:x:0:0::/:/bin/sh\n%s:x:%s:%s::/data:/bin/sh\n' "$user" "$uid" "$uid" >"$root/etc/passwd"
+    printf 'root:x:0:\n%s:x:%s:\n' "$user" "$uid" >"$root/etc/group"
+    printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
+    tar -C "$root" -c . | podman import --change "USER=$uid:$uid" --change "WORKDIR=/data" - "$name" >/dev/null
+    echo "build-images: $name ($(du -sh "$root" | cut -f1))"
+}
+
+if [[ -n ${E2E_SKIP_API_BUILD:-} && -x target/x86_64-unknown-linux-musl/release/read-api ]]; then
+    echo "build-images: reusing the static binary"
+else
+    scripts/build-static.sh
+fi
+podman build -q -f api/Containerfile.prebuilt -t "localhost/read-api:$IMAGE_TAG" . >/dev/null
+size=$(podman image inspect "localhost/read-api:$IMAGE_TAG" --format '{{.Size}}')
+echo "build-images: localhost/read-api:$IMAGE_TAG ($((size / 1000 / 1000)) MB)"
+
+rm -rf "$work"
+redis_root="$work/redis"
+copy_programs "$redis_root" redis-server redis-cli sh mkdir grep
+import_rootfs "$redis_root" "$REDIS_IMAGE" redis 999
+
+stunnel_root="$work/stunnel"
+copy_programs "$stunnel_root" stunnel4 sh bash sed mkdir
+ln -s stunnel4 "$stunnel_root/usr/bin/stunnel"
+import_rootfs "$stunnel_root" "localhost/read-api-stunnel:$IMAGE_TAG" stunnel 10001

@@ -1,0 +1,185 @@
+"""The load-test kit on this machine: the oha stand-in path of attack.sh against
+the real local topology, result normalisation, histogram merging, the plot, the
+quick bench, the model, and the cluster Job manifests."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOADTEST = REPO / "loadtest"
+sys.path.insert(0, str(LOADTEST / "lib"))
+import results  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args, env=None, timeout=600, check=True):
+    result = subprocess.run(
+        [str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
+    return result
+
+
+def jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory):
+    """The sidecar topology from scripts/local-topology.sh, with a seeded keyspace."""
+    state = tmp_path_factory.mktemp("topology")
+    api, admin = free_port(), free_port()
+    env = {
+        "STATE_DIR": str(state), "MASTER_PORT": str(free_port()), "STUNNEL_PORT": str(free_port()),
+        "REPLICA_PORT": str(free_port()), "API_ADDR": f"127.0.0.1:{api}", "API_ADMIN_ADDR": f"127.0.0.1:{admin}",
+        "WORKERS": "1",
+    }
+    run(["cargo", "build", "--release", "--locked", "-p", "read-api"], timeout=900)
+    run([REPO / "scripts/local-topology.sh", "up"], env)
+    run([LOADTEST / "seed-keys.sh"], {**env, "KEYSPACE": "200"})
+    yield {"env": env, "base": f"http://127.0.0.1:{api}"}
+    run([REPO / "scripts/local-topology.sh", "down"], env)
+
+
+@pytest.mark.parametrize("target", ["known-key", "random", "batch"])
+def test_attack_ladder_with_the_oha_stand_in(topology, target, tmp_path):
+    out = tmp_path / target
+    env = {**topology["env"], "BASE_URL": topology["base"], "TARGET": target, "KEYSPACE": "200",
+           "RATES": "200,400", "DURATION": "1", "CONNECTIONS": "4", "OUT": str(out), "ENGINE": "auto",
+           "PATH": os.environ["PATH"].replace(":/usr/local/bin/vegeta", "")}
+    result = run([LOADTEST / "attack.sh"], env)
+    assert "engine=oha" in result.stderr, "without vegeta on PATH the stand-in runs, and says so"
+    rows = jsonl(out / "summary.jsonl")
+    assert [r["offered_rate"] for r in rows] == [200, 400]
+    for r in rows:
+        assert r["engine"] == "oha" and r["label"] == target
+        assert r["success_ratio"] == 1.0, r
+        assert r["requests"] > 0.5 * r["offered_rate"] * r["duration_s"], r
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert (out / "step-200.json").is_file() and (out / "step-400.json").is_file()
+    table = (out / "summary.md").read_text()
+    assert table.count("\n| " + target) == 2
+
+
+def test_plot_draws_one_line_per_series(topology, tmp_path):
+    for label, rates in [("central", "300"), ("sidecar", "300")]:
+        env = {**topology["env"], "BASE_URL": topology["base"], "RATES": rates, "DURATION": "1",
+               "CONNECTIONS": "2", "LABEL": label, "OUT": str(tmp_path / label), "ENGINE": "oha"}
+        run([LOADTEST / "attack.sh"], env)
+    svg = tmp_path / "ladder.svg"
+    run([LOADTEST / "plot.sh", svg, tmp_path / "central/summary.jsonl", tmp_path / "sidecar/summary.jsonl"])
+    text = svg.read_text()
+    assert text.startswith("<?xml") and "<svg" in text
+    assert "central" in text and "sidecar" in text
+
+
+def test_oha_results_count_only_http_200_as_success(tmp_path):
+    report = {
+        "summary": {"successRate": 1.0, "total": 2.0, "slowest": 0.004, "fastest": 0.0001, "average": 0.001},
+        "latencyPercentiles": {"p50": 0.001, "p95": 0.002, "p99": 0.003},
+        "statusCodeDistribution": {"200": 90, "503": 6},
+        "errorDistribution": {"connection refused": 4, "aborted due to deadline": 7},
+    }
+    path = tmp_path / "oha.json"
+    path.write_text(json.dumps(report))
+    r = results.from_oha(path, "x", 50)
+    assert (r["requests"], r["ok"], r["success_ratio"], r["throughput"]) == (100, 90, 0.9, 45.0)
+    assert (r["p50_ms"], r["p99_ms"], r["max_ms"]) == (1.0, 3.0, 4.0)
+
+
+def test_vegeta_reports_normalise_the_same_way(tmp_path):
+    report = {
+        "latencies": {"50th": 1_000_000, "95th": 2_000_000, "99th": 3_000_000, "max": 9_000_000},
+        "requests": 200, "duration": 1_900_000_000, "wait": 100_000_000,
+        "status_codes": {"200": 150, "0": 50},
+    }
+    path = tmp_path / "vegeta.json"
+    path.write_text(json.dumps(report))
+    r = results.from_vegeta(path, "x", 100)
+    assert (r["requests"], r["ok"], r["success_ratio"], r["throughput"]) == (200, 150, 0.75, 75.0)
+    assert (r["p50_ms"], r["p95_ms"], r["p99_ms"]) == (1.0, 2.0, 3.0)
+
+
+def test_pod_histograms_merge_into_one_result(tmp_path):
+    # Two pods; latency buckets are 10 µs. 98 answers at 1 ms, one at 5 ms, one transport error at 1 s.
+    (tmp_path / "a.txt").write_text("H 200 99 50\nH 200 499 1\n")
+    (tmp_path / "b.txt").write_text("noise from the shell\nH 200 99 48\nH 0 99999 1\n")
+    r = results.from_histograms([tmp_path / "a.txt", tmp_path / "b.txt"], "sidecar", 50, 2.0)
+    assert (r["requests"], r["ok"], r["success_ratio"], r["throughput"]) == (100, 99, 0.99, 49.5)
+    assert r["p50_ms"] == pytest.approx(1.0)
+    assert r["p99_ms"] == pytest.approx(5.0)
+    assert r["max_ms"] == pytest.approx(1000.0)
+
+
+def test_quick_bench_produces_every_output():
+    result = run([LOADTEST / "bench.sh"], {"BENCH_QUICK": "1"}, timeout=1200)
+    bench = REPO / "target/bench"
+    report = (bench / "report.md").read_text()
+    assert report.strip() in result.stdout
+    for row in ["loopback TCP", "unix socket", "central: master over TLS", "webdis", "nginx", "redis-benchmark"]:
+        assert row in report, row
+    for ratio in ["API sidecar TCP / webdis", "API sidecar TCP / HTTP ceiling", "p99 at half the max rate",
+                  "peak resident memory"]:
+        assert ratio in report, ratio
+    lines = (bench / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("system,") and len(lines) == 7
+    for line in lines[1:]:
+        assert float(line.split(",")[2]) > 0, line
+    costs = json.loads((bench / "costs.json").read_text())
+    for key in ["api_cpu_us_per_read", "replica_cpu_us_per_read", "master_tls_cpu_us_per_read"]:
+        assert costs[key] > 0, key
+    svg = (bench / "ladder.svg").read_text()
+    assert "central" in svg and "sidecar" in svg
+    for label in ["central", "sidecar"]:
+        rows = jsonl(bench / f"ladder-{label}.jsonl")
+        assert len(rows) == 5 and all(r["requests"] > 0 for r in rows)
+    # Nothing the bench started is left running.
+    assert not any("target/bench" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")
+                   for p in os.listdir("/proc") if p.isdigit() and Path(f"/proc/{p}/cmdline").exists())
+
+
+def test_model_reproduces_the_original_experiment():
+    out = run([LOADTEST / "model", "--scenario", "original"]).stdout
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("12 "))
+    sidecar, central = (float(v.replace(",", "")) for v in row[1:3])
+    assert central == pytest.approx(15000, rel=0.05)
+    assert sidecar > 60000
+    assert row[3] == "master"
+
+
+def test_model_scales_sidecar_linearly_and_caps_central():
+    out = run([LOADTEST / "model", "--pods", "1", "2", "4", "--api-us", "20", "--replica-us", "5",
+               "--central-api-us", "20", "--master-ops", "50000", "--writes", "0"]).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    sidecar = [float(r[1].replace(",", "")) for r in rows]
+    central = [float(r[2].replace(",", "")) for r in rows]
+    assert sidecar == pytest.approx([40000, 80000, 160000])
+    assert central == pytest.approx([50000, 50000, 50000])
+
+
+def test_cluster_ladder_needs_a_cluster(tmp_path):
+    result = run([LOADTEST / "cluster.sh"], {"TOPOLOGY": "sidecar", "KUBECONFIG": str(tmp_path / "none")}, check=False)
+    assert result.returncode != 0
+    assert "reaches no cluster" in result.stderr
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0"])
+def test_cluster_job_renders_and_validates(version, tmp_path):
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(run(["kubectl", "kustomize", LOADTEST / "k8s"]).stdout)
+    run([REPO / ".venv/bin/kubernetes-validate", "--strict", "-k", version, "--quiet", manifest])
+    text = manifest.read_text()
+    assert "completionMode: Indexed" in text and "image: docker.io/peterevans/vegeta:6.9.1" in text
