@@ -153,3 +153,17 @@ loadtest-cluster: ## The distributed vegeta ladder on a cluster: TOPOLOGY=sideca
 .PHONY: model
 model: ## Predict reads/s for N pods, central vs sidecar, from the costs make bench measured.
 	@loadtest/model
+
+##@ End to end (podman)
+
+E2E_ENV = CONTAINERS_CONF=$(CURDIR)/deploy/e2e/containers.conf
+
+.PHONY: e2e
+e2e: venv ## Play the rendered manifests on podman (3 sidecar pods, master, central) and check failures end to end.
+	@scripts/install-deps.sh podman runc redis-cli openssl
+	@$(E2E_ENV) deploy/e2e/build-images.sh
+	@$(E2E_ENV) .venv/bin/python deploy/e2e/run.py
+
+.PHONY: e2e-down
+e2e-down: venv ## Remove the e2e pods, network and volumes (after E2E_KEEP=1 make e2e).
+	@$(E2E_ENV) .venv/bin/python deploy/e2e/run.py down

@@ -53,6 +53,9 @@ impl StoreConfig {
         if let Some(ca_file) = &settings.redis_ca_file {
             redis.tls = Some(tls_config(ca_file)?);
         }
+        // In a pod the API may start before its replica: keep retrying the
+        // first connection too, not only connections that drop later.
+        redis.fail_fast = false;
         Ok(Self {
             redis,
             timeout: settings.redis_timeout,

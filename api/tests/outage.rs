@@ -80,3 +80,16 @@ async fn slow_redis_is_a_503_within_the_timeout_and_reads_resume() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_api_may_start_before_redis() {
+    let port = support::free_port();
+    let app = TestApp::spawn(&format!("redis://127.0.0.1:{port}"), &[]).await;
+    app.wait_not_ready("redis_unreachable").await;
+    assert_eq!(app.get_json("/v1/keys/k").await.0, 503);
+
+    let redis = RedisServer::start_with_port(port);
+    redis.cli(&["SET", "k", "late"]);
+    app.wait_ready(200).await;
+    assert_eq!(app.get_json("/v1/keys/k").await.1["value"], "late");
+}

@@ -26,6 +26,9 @@ copy_programs() {
             [[ -e $root$lib ]] || install -D "$(readlink -f "$lib")" "$root$lib"
         done
     done
+    # glibc loads libgcc_s at run time (thread exit and cancellation), so ldd does not list it.
+    lib=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64/ { print $NF; exit }')
+    install -D "$(readlink -f "$lib")" "$root$lib"
 }
 
 # Imports ROOT as image NAME, running as UID:GID with the given user name.
@@ -36,7 +39,8 @@ import_rootfs() {
     printf 'root:x:0:0::/:/bin/sh\n%s:x:%s:%s::/data:/bin/sh\n' "$user" "$uid" "$uid" >"$root/etc/passwd"
     printf 'root:x:0:\n%s:x:%s:\n' "$user" "$uid" >"$root/etc/group"
     printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
-    tar -C "$root" -c . | podman import --change "USER=$uid:$uid" --change "WORKDIR=/data" - "$name" >/dev/null
+    tar -C "$root" -c . | podman import --quiet --change "USER=$uid:$uid" --change "WORKDIR=/data" \
+        --change "ENV=PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" - "$name" >/dev/null
     echo "build-images: $name ($(du -sh "$root" | cut -f1))"
 }
 

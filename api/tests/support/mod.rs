@@ -64,6 +64,11 @@ impl RedisServer {
         Self::start_on(port, None, extra)
     }
 
+    /// Starts `redis-server` on the given port.
+    pub fn start_with_port(port: u16) -> Self {
+        Self::start_on(port, None, &[])
+    }
+
     /// A TLS-only master (plain port disabled), as `deploy/master` runs it.
     pub fn start_tls(certs: &Path) -> Self {
         let tls_port = free_port();

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Turns rendered kit manifests into what `podman kube play` (4.3) can run.
+
+Every change is something podman lacks, never a change of what the pods run
+(see README.md beside this file):
+
+- Deployments become one Pod per replica (NAME-0, NAME-1, ...) and StatefulSets
+  one Pod per replica (NAME alone for one replica), so each pod can publish its
+  own ports and be found by the name the manifests use.
+- A volumeClaimTemplate becomes a directory under --volume-dir, owned by the
+  pod's fsGroup, mounted as hostPath: podman 4.3 applies no fsGroup to volumes.
+- Ports named with --publish NAME=PORT get hostPort PORT + replica index on
+  127.0.0.1.
+- Secrets cannot be read by podman 4.3: secretKeyRef becomes configMapKeyRef
+  and secret volumes become configMap volumes, with the same names and keys
+  (the e2e runner creates those ConfigMaps).
+- podman does not expand $(VAR) in env values: they are expanded here, from the
+  variables defined before them in the same container.
+- Kinds with no podman equivalent are dropped (Namespace, Service,
+  ServiceAccount, NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget,
+  PodMonitor): pods on one podman network reach each other by pod name.
+
+Usage: podmanize.py [--publish NAME=PORT]... [--rename OLD=NEW]... [--rename-config OLD=NEW]...
+                    [--config FILE]... [--volume-dir DIR] < rendered.yaml > play.yaml
+  --rename         renames a workload (and so its pods)
+  --rename-config  points references to ConfigMap or Secret OLD at NEW instead
+  --config         YAML with ConfigMaps to resolve env references against (also emitted)
+"""
+
+import argparse
+import copy
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+DROPPED = {
+    "Namespace", "Service", "ServiceAccount", "NetworkPolicy",
+    "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor",
+}
+
+
+def pairs(items, what):
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"podmanize: {what} takes NAME=VALUE, got {item!r}")
+        result[key] = value
+    return result
+
+
+def secrets_to_config_maps(spec, renames):
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            secret = volume.pop("secret")
+            volume["configMap"] = {"name": renames.get(secret["secretName"], secret["secretName"])}
+            for field in ("items", "defaultMode", "optional"):
+                if field in secret:
+                    volume["configMap"][field] = secret[field]
+        elif "configMap" in volume:
+            name = volume["configMap"]["name"]
+            volume["configMap"]["name"] = renames.get(name, name)
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for env in container.get("env", []):
+            source = env.get("valueFrom", {})
+            ref = source.pop("secretKeyRef", None) or source.get("configMapKeyRef")
+            if ref is not None:
+                ref["name"] = renames.get(ref["name"], ref["name"])
+                source["configMapKeyRef"] = ref
+
+
+def expand_env(spec, config_maps):
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        known = {}
+        for env in container.get("env", []):
+            if "value" in env:
+                env["value"] = re.sub(r"\$\((\w+)\)", lambda m: known.get(m.group(1), m.group(0)), env["value"])
+                known[env["name"]] = env["value"]
+            else:
+                ref = env.get("valueFrom", {}).get("configMapKeyRef")
+                if ref and ref["name"] in config_maps:
+                    value = config_maps[ref["name"]].get(ref["key"])
+                    if value is not None:
+                        known[env["name"]] = value
+
+
+def publish(spec, ports, index):
+    for container in spec["containers"]:
+        for port in container.get("ports", []):
+            if port.get("name") in ports:
+                port["hostPort"] = int(ports[port["name"]]) + index
+                port["hostIP"] = "127.0.0.1"
+
+
+def pods_of(workload, ports, renames, volume_dir):
+    name = renames.get(workload["metadata"]["name"], workload["metadata"]["name"])
+    replicas = workload["spec"].get("replicas", 1)
+    template = workload["spec"]["template"]
+    claims = workload["spec"].get("volumeClaimTemplates", [])
+    for index in range(replicas):
+        pod_name = name if workload["kind"] == "StatefulSet" and replicas == 1 else f"{name}-{index}"
+        spec = copy.deepcopy(template["spec"])
+        publish(spec, ports, index)
+        for claim in claims:
+            if not volume_dir:
+                raise SystemExit("podmanize: a StatefulSet with volumeClaimTemplates needs --volume-dir")
+            path = Path(volume_dir) / f"{claim['metadata']['name']}-{pod_name}"
+            # podman applies no fsGroup: the directory is handed to the pod's group instead.
+            group = template["spec"].get("securityContext", {}).get("fsGroup")
+            path.mkdir(parents=True, exist_ok=True)
+            if group is not None:
+                os.chown(path, group, group)
+            spec.setdefault("volumes", []).append(
+                {"name": claim["metadata"]["name"], "hostPath": {"path": str(path), "type": "Directory"}}
+            )
+        metadata = copy.deepcopy(template.get("metadata", {}))
+        metadata["name"] = pod_name
+        yield {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--publish", action="append", default=[])
+    parser.add_argument("--rename", action="append", default=[])
+    parser.add_argument("--rename-config", action="append", default=[])
+    parser.add_argument("--config", action="append", default=[])
+    parser.add_argument("--volume-dir", help="where the volumes of StatefulSet pods go")
+    args = parser.parse_args()
+    ports = pairs(args.publish, "--publish")
+    renames = pairs(args.rename, "--rename")
+    config_renames = pairs(args.rename_config, "--rename-config")
+
+    extra = [doc for path in args.config for doc in yaml.safe_load_all(open(path)) if doc]
+    docs = [doc for doc in yaml.safe_load_all(sys.stdin) if doc]
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in extra + docs if d["kind"] == "ConfigMap"}
+
+    out = list(extra)
+    for doc in docs:
+        kind = doc["kind"]
+        if kind in DROPPED:
+            continue
+        if kind in ("Deployment", "StatefulSet"):
+            for item in pods_of(doc, ports, renames, args.volume_dir):
+                if item["kind"] == "Pod":
+                    secrets_to_config_maps(item["spec"], config_renames)
+                    expand_env(item["spec"], config_maps)
+                out.append(item)
+        elif kind == "ConfigMap":
+            doc["metadata"].pop("namespace", None)
+            out.append(doc)
+        else:
+            raise SystemExit(f"podmanize: no podman equivalent for kind {kind}")
+    for doc in out:
+        doc.get("metadata", {}).pop("namespace", None)
+    yaml.safe_dump_all(out, sys.stdout, sort_keys=False)
+
+
+if __name__ == "__main__":
+    main()
