@@ -43,7 +43,7 @@ lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: deps lint test-manifests test-rust test-loadtest ## Run every test: lint, manifests, the Rust tests against real Redis and stunnel, the load-test kit.
+test: deps lint test-manifests test-rust test-loadtest e2e ## Run every test: lint, manifests, Rust tests against real Redis and stunnel, the load-test kit, e2e on podman.
 
 .PHONY: test-rust
 test-rust: deps ## Unit and integration tests of the API and the local topology.
