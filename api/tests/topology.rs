@@ -210,3 +210,20 @@ async fn a_taken_port_is_reported_by_name() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn up_twice_replaces_the_first_run_and_leaves_no_strays() {
+    let topology = Topology::new("sidecar");
+    topology.up();
+    let first: Vec<u32> = ["api", "replica", "stunnel", "master"].iter().filter_map(|n| topology.pid(n)).collect();
+    assert_eq!(first.len(), 4);
+    topology.up();
+    for pid in &first {
+        assert!(!alive(*pid), "pid {pid} from the first run survived the second up");
+    }
+    topology.seed("known-key", "second run");
+    wait_for("the second run to serve", Duration::from_secs(10), || async {
+        (topology.value("known-key").await.as_deref() == Some("second run")).then_some(())
+    })
+    .await;
+}

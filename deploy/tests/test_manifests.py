@@ -358,10 +358,14 @@ def test_each_component_has_a_readme():
 # --- the make targets without a cluster ------------------------------------
 
 
-@pytest.mark.parametrize("target", ["deploy-sidecar", "deploy-central", "deploy-master", "undeploy", "smoke", "port-forward"])
+@pytest.mark.parametrize(
+    "target",
+    ["deploy-sidecar", "deploy-central", "deploy-master", "master-secret", "undeploy", "smoke", "port-forward",
+     "seed KEY=known-key VALUE=v"],
+)
 def test_deploy_targets_say_clearly_when_there_is_no_cluster(target, tmp_path):
     result = subprocess.run(
-        ["make", "-s", target],
+        ["make", "-s", *target.split()],
         cwd=REPO,
         capture_output=True,
         text=True,
