@@ -1,11 +1,5 @@
 use std::process::ExitCode;
 
-// The container image is a static musl build, and musl's allocator is slow
-// under the many small allocations of a request; with mimalloc the static and
-// glibc builds serve at the same rate.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use read_api::{
     config::Settings,
     startup::{shutdown_signal, Application},
