@@ -40,21 +40,30 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
+def median_point(rows):
+    """The run with the median throughput; its latencies and memory come with it."""
+    ranked = sorted(rows, key=lambda r: r["throughput"])
+    return ranked[(len(ranked) - 1) // 2] | {"rounds": len(rows)}
+
+
 def main(bench):
-    points = {p["label"]: p for p in jsonl(bench / "points.jsonl")}
+    by_label = {}
+    for p in jsonl(bench / "points.jsonl"):
+        by_label.setdefault(p["label"], []).append(p)
+    points = {label: median_point(rows) for label, rows in by_label.items()}
     costs = json.loads((bench / "costs.json").read_text())
     ladders = {path.stem.removeprefix("ladder-"): jsonl(path) for path in sorted(bench.glob("ladder-*.jsonl"))}
 
-    rows = ["| system | req/s | p50 ms | p99 ms | peak RSS MB |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| system | req/s | p50 ms | p99 ms | peak RSS MB | runs |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     csv = ["system,engine,requests_per_s,p50_ms,p99_ms,success_ratio,rss_mb"]
     for label, title in NAMES.items():
         p = points.get(label)
         if not p:
             continue
         rss = p.get("rss_kb", 0) / 1024
+        runs = f"median of {p['rounds']}" if p["rounds"] > 1 else "1"
         rows.append(
-            f"| {title} | {p['throughput']:.0f} | {p['p50_ms']:.3f} | {p['p99_ms']:.3f} | {rss:.1f} |" if rss
-            else f"| {title} | {p['throughput']:.0f} | {p['p50_ms']:.3f} | {p['p99_ms']:.3f} | |"
+            f"| {title} | {p['throughput']:.0f} | {p['p50_ms']:.3f} | {p['p99_ms']:.3f} | {f'{rss:.1f}' if rss else ''} | {runs} |"
         )
         csv.append(f"{label},{p['engine']},{p['throughput']:.1f},{p['p50_ms']:.3f},{p['p99_ms']:.3f},{p['success_ratio']},{rss:.1f}")
 
@@ -64,7 +73,7 @@ def main(bench):
     api_webdis = ratio("api-sidecar-tcp", "webdis")
     sidecar = ladders.get("sidecar", [])
     half = sorted(sidecar, key=lambda r: r["offered_rate"])[1] if len(sidecar) > 1 else None
-    rss_mb = max((points[k].get("rss_kb", 0) for k in points if k.startswith("api-")), default=0) / 1024
+    rss_mb = max((p.get("rss_kb", 0) for k, rows in by_label.items() if k.startswith("api-") for p in rows), default=0) / 1024
 
     lines = [
         "# make bench",
@@ -84,22 +93,28 @@ def main(bench):
     ]
     if half:
         lines.append(
-            f"| p99 at half the max rate ({half['offered_rate']:.0f}/s, sidecar) | {half['p99_ms']:.3f} ms "
+            f"| p99 at half the max rate ({half['offered_rate']:.0f}/s, sidecar), seen by oha | {half['p99_ms']:.3f} ms "
             f"| < {TARGETS['p99_half_max_ms']} ms ({verdict(half['p99_ms'] < TARGETS['p99_half_max_ms'])}) |"
         )
+        server = half.get("server_p99_ms")
+        if server is not None:
+            lines.append(
+                f"| the same, inside the API (histogram bucket bound) | ≤ {server:g} ms "
+                f"| < {TARGETS['p99_half_max_ms']} ms ({verdict(server <= TARGETS['p99_half_max_ms'])} to the bucket) |"
+            )
     lines.append(f"| API peak resident memory under load | {rss_mb:.1f} MB | < {TARGETS['rss_mb']:.0f} MB ({verdict(rss_mb < TARGETS['rss_mb'])}) |")
     lines += [
         "",
         "Rate ladder (the same offered rates for both topologies; plot: `target/bench/ladder.svg`):",
         "",
-        "| topology | offered/s | success | throughput/s | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| topology | offered/s | success | throughput/s | p50 ms | p99 ms | API p99 ms ≤ |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, rows_ in ladders.items():
         for r in sorted(rows_, key=lambda r: r["offered_rate"]):
             lines.append(
                 f"| {label} | {r['offered_rate']:.0f} | {100 * r['success_ratio']:.2f} % | {r['throughput']:.0f} "
-                f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
+                f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r.get('server_p99_ms', float('nan')):g} |"
             )
     lines += [
         "",
