@@ -215,15 +215,100 @@ async fn a_taken_port_is_reported_by_name() {
 async fn up_twice_replaces_the_first_run_and_leaves_no_strays() {
     let topology = Topology::new("sidecar");
     topology.up();
-    let first: Vec<u32> = ["api", "replica", "stunnel", "master"].iter().filter_map(|n| topology.pid(n)).collect();
+    let first: Vec<u32> = ["api", "replica", "stunnel", "master"]
+        .iter()
+        .filter_map(|n| topology.pid(n))
+        .collect();
     assert_eq!(first.len(), 4);
     topology.up();
     for pid in &first {
-        assert!(!alive(*pid), "pid {pid} from the first run survived the second up");
+        assert!(
+            !alive(*pid),
+            "pid {pid} from the first run survived the second up"
+        );
     }
     topology.seed("known-key", "second run");
-    wait_for("the second run to serve", Duration::from_secs(10), || async {
-        (topology.value("known-key").await.as_deref() == Some("second run")).then_some(())
-    })
+    wait_for(
+        "the second run to serve",
+        Duration::from_secs(10),
+        || async {
+            (topology.value("known-key").await.as_deref() == Some("second run")).then_some(())
+        },
+    )
     .await;
+}
+
+#[tokio::test]
+async fn check_master_tells_whether_a_replica_can_follow() {
+    let topology = Topology::new("central");
+    topology.up();
+    let passwords = std::fs::read_to_string(topology.state.path().join("passwords.env")).unwrap();
+    let password = passwords
+        .lines()
+        .find_map(|l| l.strip_prefix("MASTER_PASSWORD="))
+        .unwrap()
+        .to_owned();
+    let port = topology
+        .vars
+        .iter()
+        .find(|(k, _)| *k == "MASTER_PORT")
+        .unwrap()
+        .1
+        .clone();
+    let ca = topology
+        .state
+        .path()
+        .join("certs/ca.crt")
+        .display()
+        .to_string();
+    let check = |user: &str, password: &str| {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/check-master.sh"))
+            .envs([
+                ("MASTER_HOST", "localhost"),
+                ("MASTER_PORT", port.as_str()),
+                ("MASTER_CA", ca.as_str()),
+                ("MASTER_USER", user),
+                ("MASTER_PASSWORD", password),
+            ])
+            .output()
+            .unwrap()
+    };
+
+    let out = check("default", &password);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("A replica can follow localhost:"),
+        "{stdout}"
+    );
+
+    // As hosted services do: a user that may read but not replicate.
+    let acl = topology.script(&[
+        "master-cli",
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pw",
+        "~*",
+        "+@all",
+        "-sync",
+        "-psync",
+    ]);
+    assert!(acl.status.success());
+    let out = check("app", "app-pw");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("FAIL  replication sync refused"),
+        "{stdout}"
+    );
+
+    let out = check("default", "wrong");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  AUTH as 'default'"));
 }
