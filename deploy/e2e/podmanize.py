@@ -21,7 +21,7 @@ Every change is something podman lacks, never a change of what the pods run
   PodMonitor): pods on one podman network reach each other by pod name.
 
 Usage: podmanize.py [--publish NAME=PORT]... [--rename OLD=NEW]... [--rename-config OLD=NEW]...
-                    [--config FILE]... [--volume-dir DIR] < rendered.yaml > play.yaml
+                    [--config FILE]... [--volume-dir DIR] [--replicas N] < rendered.yaml > play.yaml
   --rename         renames a workload (and so its pods)
   --rename-config  points references to ConfigMap or Secret OLD at NEW instead
   --config         YAML with ConfigMaps to resolve env references against (also emitted)
@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--rename-config", action="append", default=[])
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--volume-dir", help="where the volumes of StatefulSet pods go")
+    parser.add_argument("--replicas", type=int, help="pods per Deployment, instead of its replicas")
     args = parser.parse_args()
     ports = pairs(args.publish, "--publish")
     renames = pairs(args.rename, "--rename")
@@ -143,6 +144,8 @@ def main():
         if kind in DROPPED:
             continue
         if kind in ("Deployment", "StatefulSet"):
+            if kind == "Deployment" and args.replicas is not None:
+                doc["spec"]["replicas"] = args.replicas
             for item in pods_of(doc, ports, renames, args.volume_dir):
                 if item["kind"] == "Pod":
                     secrets_to_config_maps(item["spec"], config_renames)

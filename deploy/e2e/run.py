@@ -268,7 +268,7 @@ def check_readiness(master, pods):
         master.command("MSET", *[x for i in range(start, start + 1000) for x in (f"fill:{i}", "x" * 64)])
     master.command("CONFIG", "SET", "rdb-key-save-delay", "200")
     try:
-        play("late", "overlays/sidecar", "--rename", "read-api=read-api-late",
+        play("late", "overlays/sidecar", "--rename", "read-api=read-api-late", "--replicas", "1",
              "--publish", f"http={API_PORT + LATE}", "--publish", f"admin={ADMIN_PORT + LATE}")
         pod = Api("read-api-late-0", API_PORT + LATE, ADMIN_PORT + LATE)
         seen = set()
@@ -348,7 +348,7 @@ def check_tunnel_loss(master, pods):
 def check_bad_certificate():
     play("master-bad", "master", "--rename", "redis-master=redis-master-bad",
          "--rename-config", "redis-master-tls=redis-master-bad-tls")
-    play("badcert", "overlays/sidecar", "--rename", "read-api=read-api-badcert",
+    play("badcert", "overlays/sidecar", "--rename", "read-api=read-api-badcert", "--replicas", "1",
          "--rename-config", "redis-master=redis-master-bad",
          "--publish", f"http={BADCERT_PORT}", "--publish", f"admin={BADCERT_ADMIN}")
     pod = Api("read-api-badcert-0", BADCERT_PORT, BADCERT_ADMIN)
@@ -368,7 +368,7 @@ def check_bad_certificate():
 @check("central overlay")
 def check_central(master):
     master.command("SET", "known-key", "read from the master itself")
-    play("central", "overlays/central", "--rename", "read-api=read-api-central",
+    play("central", "overlays/central", "--rename", "read-api=read-api-central", "--replicas", "1",
          "--publish", f"http={CENTRAL_PORT}", "--publish", f"admin={CENTRAL_ADMIN}")
     pod = Api("read-api-central-0", CENTRAL_PORT, CENTRAL_ADMIN)
     wait_for("the central pod to be ready", lambda: pod.ready()[0] == 200, 60)
