@@ -119,7 +119,7 @@ undeploy() {
     local target
     for target in sidecar central master; do
         # Deleting the namespace is PURGE's business: keep it while rendering deletes.
-        render "$target" | yq_drop_namespace | kubectl delete --ignore-not-found -f - >/dev/null
+        render "$target" | drop_namespace | kubectl delete --ignore-not-found -f - >/dev/null
     done
     if [[ -n ${PURGE:-} ]]; then
         kubectl delete namespace "$NAMESPACE" --ignore-not-found
@@ -130,7 +130,7 @@ undeploy() {
 }
 
 # Filters the Namespace object out of a rendered stream.
-yq_drop_namespace() {
+drop_namespace() {
     awk 'BEGIN { RS = "\n---\n"; ORS = "\n---\n" } !/(^|\n)kind: Namespace\n/'
 }
 
