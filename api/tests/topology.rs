@@ -103,8 +103,7 @@ impl Topology {
             .text()
             .await
             .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        support::metric_value(&text, name)
     }
 }
 

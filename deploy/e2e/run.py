@@ -353,13 +353,12 @@ def check_bad_certificate():
          "--publish", f"http={BADCERT_PORT}", "--publish", f"admin={BADCERT_ADMIN}")
     pod = Api("read-api-badcert-0", BADCERT_PORT, BADCERT_ADMIN)
     wait_for("the badcert pod's replica to answer", lambda: pod.ready()[1]["reason"].startswith("replica_not_synced"), 60)
-    logs = ""
     for _ in range(40):
         status, body = pod.ready()
         assert status == 503 and body["reason"].startswith("replica_not_synced"), f"{status} {body}"
         time.sleep(0.2)
-        logs = podman("logs", "read-api-badcert-0-stunnel", check=False).stderr + podman(
-            "logs", "read-api-badcert-0-stunnel", check=False).stdout
+    stunnel = podman("logs", "read-api-badcert-0-stunnel", check=False)
+    logs = stunnel.stdout + stunnel.stderr
     assert "certificate verify failed" in logs, f"stunnel logs do not name the reason: {logs[-500:]}"
     assert pod.metric("read_api_replica_synced") == 0 and pod.metric("read_api_replica_link_up") == 0
     return "stunnel refused the certificate (logged 'certificate verify failed'); /readyz stayed 503, read_api_replica_synced 0"

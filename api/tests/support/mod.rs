@@ -23,6 +23,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The value of one unlabelled metric line in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
@@ -350,9 +356,7 @@ impl TestApp {
 
     /// The value of one unlabelled metric line, such as `read_api_replica_link_up`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        metric_value(&self.metrics().await, name)
     }
 
     pub async fn wait_ready(&self, expected: u16) -> serde_json::Value {
