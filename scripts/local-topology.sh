@@ -59,7 +59,7 @@ alive() {
     local pidfile="$STATE_DIR/run/$1.pid" pid
     [[ -s $pidfile ]] || return 1
     pid=$(<"$pidfile")
-    [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+    [[ -r /proc/$pid/cmdline && $(tr '\0' ' ' <"/proc/$pid/cmdline") == *"$2"* ]]
 }
 
 # Right after start the pid may not have exec'd its program yet: only ask if it lives.

@@ -27,7 +27,8 @@ copy_programs() {
         done
     done
     # glibc loads libgcc_s at run time (thread exit and cancellation), so ldd does not list it.
-    lib=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64/ { print $NF; exit }')
+    # awk reads to the end: quitting early would kill ldconfig with SIGPIPE under pipefail.
+    lib=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64/ && !found { found = $NF } END { print found }')
     install -D "$(readlink -f "$lib")" "$root$lib"
 }
 
