@@ -159,8 +159,17 @@ model: ## Predict reads/s for N pods, central vs sidecar, from the costs make be
 E2E_ENV = CONTAINERS_CONF=$(CURDIR)/deploy/e2e/containers.conf
 
 .PHONY: e2e
-e2e: venv ## Play the rendered manifests on podman (3 sidecar pods, master, central) and check failures end to end.
-	@scripts/install-deps.sh podman runc redis-cli openssl
+# podman's own recommends that the e2e needs: catatonit runs every pod's infra
+# container, the dnsname CNI plugin lets pods resolve each other by pod name.
+PODMAN_DEPS = podman runc catatonit pkg:golang-github-containernetworking-plugin-dnsname
+
+.PHONY: e2e-preflight
+e2e-preflight: venv ## Check that podman can start pods here and that pods resolve each other by name.
+	@scripts/install-deps.sh $(PODMAN_DEPS) redis-cli openssl
+	@$(E2E_ENV) .venv/bin/python deploy/e2e/preflight.py
+
+.PHONY: e2e
+e2e: e2e-preflight ## Play the rendered manifests on podman (3 sidecar pods, master, central) and check failures end to end.
 	@$(E2E_ENV) deploy/e2e/build-images.sh
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/run.py
 

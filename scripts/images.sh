@@ -14,7 +14,12 @@ CONTAINER_TOOL=${CONTAINER_TOOL:-podman}
 IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
 IMAGE_TAG=${IMAGE_TAG:-0.1.0}
 IMAGE_BUILD=${IMAGE_BUILD:-source}
-command -v "$CONTAINER_TOOL" >/dev/null || { echo "images: $CONTAINER_TOOL is not installed (set CONTAINER_TOOL=docker or podman)" >&2; exit 1; }
+if ! command -v "$CONTAINER_TOOL" >/dev/null; then
+    case $CONTAINER_TOOL in
+        podman) "$repo/scripts/install-deps.sh" podman runc catatonit ;;
+        *) echo "images: $CONTAINER_TOOL is not installed (install it, or set CONTAINER_TOOL=podman to have it installed)" >&2; exit 1 ;;
+    esac
+fi
 
 api_image="$IMAGE_REGISTRY/read-api:$IMAGE_TAG"
 stunnel_image="$IMAGE_REGISTRY/read-api-stunnel:$IMAGE_TAG"

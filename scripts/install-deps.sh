@@ -15,6 +15,9 @@ package_for() {
         stunnel4 | stunnel) echo stunnel4 ;;
         podman) echo podman ;;
         runc) echo runc ;;
+        catatonit) echo catatonit ;;
+        shellcheck) echo shellcheck ;;
+        promtool) echo prometheus ;;
         webdis) echo webdis ;;
         wrk) echo wrk ;;
         nginx) echo nginx-light ;;

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Builds every image the manifests reference, under the exact names they use,
-# from what this machine has (no registry is reachable here):
-#   localhost/read-api:0.1.0          api/Containerfile.prebuilt over the static binary
-#   docker.io/library/redis:7.2.7     Debian's redis-server and redis-cli with the libraries they load
-#   localhost/read-api-stunnel:0.1.0  Debian's stunnel with the libraries it loads
+# Builds the images the e2e plays, from what this machine has (no registry is
+# reachable here):
+#
+#   build-images.sh          every image the manifests reference, under the names they use:
+#     localhost/read-api:TAG            api/Containerfile.prebuilt over the static binary
+#     docker.io/library/redis:7.2.7     Debian's redis-server and redis-cli with the libraries they load
+#     localhost/read-api-stunnel:TAG    Debian's stunnel with the libraries it loads
+#   build-images.sh probe    localhost/read-api-e2e-probe: sh, sleep and getent, for preflight.py
+#
 # The Redis and stunnel images hold only what the pods run: the binaries, sh and
 # the few tools the start scripts and probes call.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$repo"
-: "${CONTAINERS_CONF:?build-images: run through make e2e, which sets CONTAINERS_CONF}"
 work="$repo/target/e2e/images"
 IMAGE_TAG=${IMAGE_TAG:-0.1.0}
 REDIS_IMAGE=${REDIS_IMAGE:-docker.io/library/redis:7.2.7}
+PROBE_IMAGE=localhost/read-api-e2e-probe:latest
 
 # Copies each program and every library ldd says it loads into ROOT.
 copy_programs() {
@@ -45,21 +48,45 @@ import_rootfs() {
     echo "build-images: $name ($(du -sh "$root" | cut -f1))"
 }
 
-if [[ -n ${E2E_SKIP_API_BUILD:-} && -x target/x86_64-unknown-linux-musl/release/read-api ]]; then
-    echo "build-images: reusing the static binary"
-else
-    scripts/build-static.sh
-fi
-podman build -q -f api/Containerfile.prebuilt -t "localhost/read-api:$IMAGE_TAG" . >/dev/null
-size=$(podman image inspect "localhost/read-api:$IMAGE_TAG" --format '{{.Size}}')
-echo "build-images: localhost/read-api:$IMAGE_TAG ($((size / 1000 / 1000)) MB)"
+build_api() {
+    if [[ -n ${E2E_SKIP_API_BUILD:-} && -x target/x86_64-unknown-linux-musl/release/read-api ]]; then
+        echo "build-images: reusing the static binary"
+    else
+        scripts/build-static.sh
+    fi
+    podman build -q -f api/Containerfile.prebuilt -t "localhost/read-api:$IMAGE_TAG" . >/dev/null
+    local size
+    size=$(podman image inspect "localhost/read-api:$IMAGE_TAG" --format '{{.Size}}')
+    echo "build-images: localhost/read-api:$IMAGE_TAG ($((size / 1000 / 1000)) MB)"
+}
 
-rm -rf "$work"
-redis_root="$work/redis"
-copy_programs "$redis_root" redis-server redis-cli sh mkdir grep
-import_rootfs "$redis_root" "$REDIS_IMAGE" redis 999
+build_redis() {
+    rm -rf "$work/redis"
+    copy_programs "$work/redis" redis-server redis-cli sh mkdir grep
+    import_rootfs "$work/redis" "$REDIS_IMAGE" redis 999
+}
 
-stunnel_root="$work/stunnel"
-copy_programs "$stunnel_root" stunnel4 sh bash sed mkdir
-ln -s stunnel4 "$stunnel_root/usr/bin/stunnel"
-import_rootfs "$stunnel_root" "localhost/read-api-stunnel:$IMAGE_TAG" stunnel 10001
+build_stunnel() {
+    rm -rf "$work/stunnel"
+    copy_programs "$work/stunnel" stunnel4 sh bash sed mkdir
+    ln -s stunnel4 "$work/stunnel/usr/bin/stunnel"
+    import_rootfs "$work/stunnel" "localhost/read-api-stunnel:$IMAGE_TAG" stunnel 10001
+}
+
+build_probe() {
+    rm -rf "$work/probe"
+    copy_programs "$work/probe" sh sleep getent
+    import_rootfs "$work/probe" "$PROBE_IMAGE" probe 65532
+}
+
+main() {
+    : "${CONTAINERS_CONF:?build-images: run through make e2e, which sets CONTAINERS_CONF}"
+    cd "$repo"
+    case ${1:-all} in
+        all) build_api && build_redis && build_stunnel ;;
+        probe) build_probe ;;
+        *) echo "usage: build-images.sh [all|probe]" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"
