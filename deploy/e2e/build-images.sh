@@ -4,7 +4,7 @@
 #
 #   build-images.sh          every image the manifests reference, under the names they use:
 #     localhost/read-api:TAG            api/Containerfile.prebuilt over the static binary
-#     docker.io/library/redis:7.2.7     Debian's redis-server and redis-cli with the libraries they load
+#     docker.io/library/redis:TAG       Debian's redis-server and redis-cli with the libraries they load
 #     localhost/read-api-stunnel:TAG    Debian's stunnel with the libraries it loads
 #   build-images.sh probe    localhost/read-api-e2e-probe: sh, sleep and getent, for preflight.py
 #
@@ -14,8 +14,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work="$repo/target/e2e/images"
-IMAGE_TAG=${IMAGE_TAG:-0.1.0}
-REDIS_IMAGE=${REDIS_IMAGE:-docker.io/library/redis:7.2.7}
+IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
+REDIS_IMAGE=${REDIS_IMAGE:-$("$repo/scripts/versions.sh" image redis)}
 PROBE_IMAGE=localhost/read-api-e2e-probe:latest
 
 # Copies each program and every library ldd says it loads into ROOT.

@@ -37,8 +37,13 @@ from pathlib import Path
 import yaml
 
 DROPPED = {
-    "Namespace", "Service", "ServiceAccount", "NetworkPolicy",
-    "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor",
+    "Namespace",
+    "Service",
+    "ServiceAccount",
+    "NetworkPolicy",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "PodMonitor",
 }
 
 
@@ -77,7 +82,9 @@ def expand_env(spec, config_maps):
         known = {}
         for env in container.get("env", []):
             if "value" in env:
-                env["value"] = re.sub(r"\$\((\w+)\)", lambda m: known.get(m.group(1), m.group(0)), env["value"])
+                env["value"] = re.sub(
+                    r"\$\((\w+)\)", lambda m, known=known: known.get(m.group(1), m.group(0)), env["value"]
+                )
                 known[env["name"]] = env["value"]
             else:
                 ref = env.get("valueFrom", {}).get("configMapKeyRef")

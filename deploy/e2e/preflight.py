@@ -28,8 +28,11 @@ PODS = ("read-api-preflight-a", "read-api-preflight-b")
 # What a podman error names -> what to install (Debian packages, as make e2e installs them).
 KNOWN_CAUSES = [
     ("catatonit", "podman cannot start a pod's infra container: install the Debian package catatonit"),
-    ("dnsname", "podman's CNI network lacks the dnsname plugin: install the Debian package "
-                "golang-github-containernetworking-plugin-dnsname"),
+    (
+        "dnsname",
+        "podman's CNI network lacks the dnsname plugin: install the Debian package "
+        "golang-github-containernetworking-plugin-dnsname",
+    ),
     ("runc", "podman cannot find its OCI runtime runc: install the Debian package runc"),
     ("ulimit", "podman sets default ulimits this sandbox refuses: run with CONTAINERS_CONF=deploy/e2e/containers.conf"),
     ("rlimit", "podman sets default ulimits this sandbox refuses: run with CONTAINERS_CONF=deploy/e2e/containers.conf"),
@@ -66,11 +69,17 @@ def check_engine():
 
 def probe_pod(name):
     container = {
-        "name": "probe", "image": PROBE_IMAGE, "command": ["sleep", "300"],
+        "name": "probe",
+        "image": PROBE_IMAGE,
+        "command": ["sleep", "300"],
         "securityContext": {"runAsUser": 65532, "allowPrivilegeEscalation": False},
     }
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"containers": [container], "restartPolicy": "Never"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [container], "restartPolicy": "Never"},
+    }
 
 
 def remove_pods():
@@ -91,7 +100,8 @@ def check_pods_resolve(network):
         raise PreflightError(
             f"pods on the podman network {network} do not resolve each other by name ({source} cannot "
             f"resolve {target}): install the Debian package golang-github-containernetworking-plugin-dnsname, "
-            f"then remove networks made without it (podman network rm {network})")
+            f"then remove networks made without it (podman network rm {network})"
+        )
 
 
 def run(network):
@@ -125,8 +135,10 @@ def main():
         print(f"e2e preflight: {e}", file=sys.stderr)
         return 1
     except FileNotFoundError as e:
-        print(f"e2e preflight: {e.filename} is not installed (make e2e installs podman, runc and catatonit)",
-              file=sys.stderr)
+        print(
+            f"e2e preflight: {e.filename} is not installed (make e2e installs podman, runc and catatonit)",
+            file=sys.stderr,
+        )
         return 1
     print("e2e preflight: podman starts pods with the project's containers.conf, and pods resolve each other by name")
     return 0

@@ -1,0 +1,96 @@
+"""Fixtures of the e2e: the master and three sidecar pods played once per run,
+torn down at the end even when a test fails (E2E_KEEP=1 leaves them up; make
+e2e-down removes them). Each test records one line of figures with `summary`,
+printed as a table after the run."""
+
+import os
+import secrets
+
+import kit
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def podman_ready():
+    if not os.environ.get("CONTAINERS_CONF"):
+        pytest.exit("e2e: run through make e2e, which prepares podman (CONTAINERS_CONF)", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def passwords():
+    return {"master": secrets.token_hex(16), "replica": secrets.token_hex(16)}
+
+
+@pytest.fixture(scope="session")
+def kit_network(passwords):
+    """Certificates, the Secrets as ConfigMaps, and the podman network; everything removed after."""
+    kit.WORK.mkdir(parents=True, exist_ok=True)
+    kit.teardown()
+    kit.certificates()
+    kit.secret_config_maps(passwords["master"], passwords["replica"])
+    kit.podman("network", "create", kit.NETWORK)
+    try:
+        yield
+    finally:
+        if os.environ.get("E2E_KEEP"):
+            print("\ne2e: E2E_KEEP=1, pods left running:", ", ".join(kit.pod_names()))
+            print(
+                f"  curl 127.0.0.1:{kit.API_PORT}/v1/keys/known-key   "
+                f"curl 127.0.0.1:{kit.ADMIN_PORT}/metrics   make e2e-down"
+            )
+        else:
+            kit.teardown()
+
+
+@pytest.fixture(scope="session")
+def master(kit_network, passwords):
+    """deploy/master played as pod redis-master, and a TLS client of it."""
+    kit.play("master", "master", "--publish", f"redis-tls={kit.MASTER_PORT}")
+    client = kit.master_client(passwords["master"])
+    kit.wait_for("the master's TLS port", client.ping, 60, every=0.5)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pods(master):
+    """deploy/overlays/sidecar played as read-api-0..2, each ready."""
+    kit.play("sidecar", "overlays/sidecar", "--publish", f"http={kit.API_PORT}", "--publish", f"admin={kit.ADMIN_PORT}")
+    pods = [kit.sidecar_pod(i) for i in range(kit.PODS)]
+    try:
+        for pod in pods:
+            kit.wait_for(f"{pod.name} to be ready", lambda pod=pod: pod.ready()[0] == 200, 120, every=0.25)
+    except AssertionError:
+        for name in kit.pod_names():
+            print(f"--- podman pod logs {name} (last lines)\n{kit.pod_logs(name)}")
+        raise
+    return pods
+
+
+@pytest.fixture
+def summary(request):
+    """Records this test's figures for the table printed after the run."""
+
+    def record(line):
+        request.node.user_properties.append(("summary", line))
+
+    return record
+
+
+_results = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        detail = dict(report.user_properties).get("summary", "")
+        if report.failed:
+            detail = str(report.longrepr).strip().splitlines()[-1][:200]
+        _results.append((report.nodeid.split("::")[-1], report.outcome.upper(), report.duration, detail))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _results:
+        return
+    terminalreporter.write_line("\n| check | result | seconds | detail |\n| --- | --- | ---: | --- |")
+    for name, outcome, seconds, detail in _results:
+        terminalreporter.write_line(f"| {name} | {outcome} | {seconds:.1f} | {detail} |")

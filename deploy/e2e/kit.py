@@ -1,0 +1,208 @@
+"""The e2e's view of the kit on podman: playing rendered manifests, the API pods
+over HTTP, the master over TLS, and tearing everything down.
+
+Used by conftest.py and the tests beside it; `python kit.py down` removes what
+a run left behind (make e2e-down, after E2E_KEEP=1).
+"""
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+E2E = REPO / "deploy/e2e"
+WORK = REPO / "target/e2e/work"
+NETWORK = "read-api-e2e"
+MASTER_PORT = 16380  # the master's TLS port, published for the tests' writes
+API_PORT, ADMIN_PORT = 18080, 19080  # read-api-N publishes API_PORT+N and ADMIN_PORT+N
+PODS = 3
+# Pods played by single tests publish ports of their own.
+LATE_PORTS = (API_PORT + PODS, ADMIN_PORT + PODS)
+BADCERT_PORTS = (18090, 19090)
+CENTRAL_PORTS = (18095, 19095)
+# Errors that mean "not yet" while waiting for a pod or the master.
+TRANSIENT = (
+    OSError,
+    http.client.HTTPException,
+    ValueError,
+    KeyError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.BusyLoadingError,
+)
+
+
+def sh(*args, check=True, input=None, timeout=300):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))}: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def podman(*args, **kw):
+    return sh("podman", *args, **kw)
+
+
+def wait_for(what, check, deadline=60.0, every=0.1):
+    """Polls check() until it returns something true; fails after deadline seconds."""
+    started = time.monotonic()
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except TRANSIENT:
+            pass
+        if time.monotonic() - started > deadline:
+            raise AssertionError(f"timed out after {deadline:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+class Api:
+    """One API pod, through the ports it publishes on 127.0.0.1."""
+
+    def __init__(self, name, port, admin):
+        self.name, self.port, self.admin = name, port, admin
+
+    def get(self, path, port=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def value(self, key):
+        status, body = self.get(f"/v1/keys/{key}")
+        return json.loads(body)["value"] if status == 200 else None
+
+    def ready(self):
+        status, body = self.get("/readyz", self.admin)
+        return status, json.loads(body)
+
+    def metric(self, name):
+        _, text = self.get("/metrics", self.admin)
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+
+def sidecar_pod(index):
+    return Api(f"read-api-{index}", API_PORT + index, ADMIN_PORT + index)
+
+
+def master_client(password):
+    """A client of the master's published TLS port, verifying its certificate."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=MASTER_PORT,
+        password=password,
+        ssl=True,
+        ssl_ca_certs=str(WORK / "certs/ca.crt"),
+        ssl_check_hostname=True,
+        socket_timeout=10,
+        decode_responses=True,
+    )
+
+
+def certificates():
+    for name, hosts in [("certs", "redis-master,localhost,127.0.0.1"), ("rogue-certs", "redis-master-bad,localhost")]:
+        env = {**os.environ, "CERTS_DIR": str(WORK / name), "MASTER_HOSTS": hosts, "FORCE": "1"}
+        subprocess.run(["bash", str(REPO / "scripts/gen-certs.sh")], env=env, check=True, capture_output=True)
+
+
+def secret_config_maps(master_password, replica_password):
+    """The Secrets a cluster would hold, as ConfigMaps of the same names (podman 4.3 reads no Secrets)."""
+    certs, rogue = WORK / "certs", WORK / "rogue-certs"
+    ca = (certs / "ca.crt").read_text()
+
+    def config_map(name, data):
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+    connection = {"port": "6380", "user": "default", "password": master_password, "ca.crt": ca}
+    maps = [
+        config_map("redis-master", {"host": "redis-master", **connection}),
+        config_map("redis-master-bad", {"host": "redis-master-bad", **connection}),
+        config_map("read-api-replica", {"password": replica_password}),
+        config_map(
+            "redis-master-tls",
+            {
+                "tls.crt": (certs / "master.crt").read_text(),
+                "tls.key": (certs / "master.key").read_text(),
+                "ca.crt": ca,
+            },
+        ),
+        # Signed by another CA: the pods' stunnel must refuse it.
+        config_map(
+            "redis-master-bad-tls",
+            {
+                "tls.crt": (rogue / "master.crt").read_text(),
+                "tls.key": (rogue / "master.key").read_text(),
+                "ca.crt": (rogue / "ca.crt").read_text(),
+            },
+        ),
+    ]
+    (WORK / "secrets.yaml").write_text(yaml.safe_dump_all(maps))
+
+
+def play(name, target, *options):
+    """Renders deploy/TARGET, adapts it with podmanize.py, and plays it on the e2e network."""
+    rendered = sh("kubectl", "kustomize", REPO / "deploy" / target).stdout
+    manifest = WORK / f"{name}.yaml"
+    options += ("--config", WORK / "secrets.yaml", "--volume-dir", WORK / "volumes")
+    manifest.write_text(sh(sys.executable, E2E / "podmanize.py", *options, input=rendered).stdout)
+    podman("kube", "play", "--network", NETWORK, manifest, timeout=120)
+    return manifest
+
+
+def play_one(name, target, ports, *options):
+    """Plays a one-pod variant of TARGET as NAME-0, publishing its API and admin ports."""
+    play(
+        name,
+        target,
+        "--rename",
+        f"read-api={name}",
+        "--replicas",
+        "1",
+        "--publish",
+        f"http={ports[0]}",
+        "--publish",
+        f"admin={ports[1]}",
+        *options,
+    )
+    return Api(f"{name}-0", *ports)
+
+
+def pod_names():
+    out = podman("pod", "ps", "--format", "{{.Name}}").stdout.split()
+    return [n for n in out if n.startswith(("redis-master", "read-api-"))]
+
+
+def pod_logs(pod, lines=15):
+    return podman("pod", "logs", "--tail", str(lines), pod, check=False).stdout
+
+
+def teardown():
+    for pod in pod_names():
+        podman("pod", "rm", "-f", "-t", "5", pod, check=False)
+    podman("network", "rm", "-f", NETWORK, check=False)
+    # The master's data (hostPath volumes, see podmanize.py) and the ConfigMap volumes podman made.
+    shutil.rmtree(WORK / "volumes", ignore_errors=True)
+    for volume in podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split():
+        if volume.startswith(("redis-", "read-api-", "stunnel-config")):
+            podman("volume", "rm", "-f", volume, check=False)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["down"]:
+        raise SystemExit("usage: kit.py down")
+    teardown()

@@ -1,0 +1,129 @@
+"""The sidecar overlay on podman: every pod serves the master's data, writes
+propagate, readiness waits for the first sync, and reads survive a master
+outage and the loss of the tunnel."""
+
+import json
+import secrets
+import statistics
+import subprocess
+import time
+
+import kit
+
+
+def test_every_pod_serves_known_key(master, pods, summary):
+    master.set("known-key", "hello from the e2e master")
+    for pod in pods:
+        kit.wait_for(
+            f"known-key on {pod.name}", lambda pod=pod: pod.value("known-key") == "hello from the e2e master", 30
+        )
+    summary(f"{len(pods)} pods answer 200 with the master's value")
+
+
+def test_propagation(master, pods, summary, writes=200):
+    delays = []
+    for i in range(writes):
+        key, value = f"prop:{i}", secrets.token_hex(8)
+        master.set(key, value)
+        written = time.monotonic()
+        for pod in pods:
+            kit.wait_for(
+                f"{key} on {pod.name}", lambda pod=pod, key=key, value=value: pod.value(key) == value, 10, every=0.0005
+            )
+        delays.append((time.monotonic() - written) * 1000)
+    delays.sort()
+    p99 = delays[max(0, int(len(delays) * 0.99) - 1)]
+    summary(
+        f"propagation p50={statistics.median(delays):.1f} p99={p99:.1f} max={delays[-1]:.1f} "
+        f"(ms, {writes} writes, all {len(pods)} pods)"
+    )
+
+
+def test_readiness_gates_on_the_first_sync(master, pods, summary):
+    master.set("known-key", "hello from the e2e master")
+    # Enough data, saved slowly, that the new replica's first sync visibly takes a while.
+    for start in range(0, 20000, 1000):
+        master.mset({f"fill:{i}": "x" * 64 for i in range(start, start + 1000)})
+    master.config_set("rdb-key-save-delay", 200)
+    try:
+        pod = kit.play_one("read-api-late", "overlays/sidecar", kit.LATE_PORTS)
+        seen = set()
+
+        def synced():
+            status, body = pod.ready()
+            seen.add((status, body.get("reason", "").split(":")[0]))
+            return status == 200
+
+        kit.wait_for("the late pod to become ready", synced, 90, every=0.05)
+        assert (503, "replica_not_synced") in seen, f"never saw 'not synced' before ready: {sorted(seen)}"
+        assert pod.value("known-key") == "hello from the e2e master"
+    finally:
+        master.config_set("rdb-key-save-delay", 0)
+        kit.podman("pod", "rm", "-f", "read-api-late-0", check=False)
+    summary("read-api-late-0 answered 503 replica_not_synced during its first sync, then 200")
+
+
+def test_master_outage(master, pods, summary):
+    master.set("known-key", "before the outage")
+    for pod in pods:
+        kit.wait_for(
+            f"{pod.name} to see the last write", lambda pod=pod: pod.value("known-key") == "before the outage", 10
+        )
+    # As Kubernetes would: SIGTERM and time to shut down while the pod's network
+    # stays up (stopping the whole podman pod would tear the network down first).
+    kit.podman("stop", "-t", "20", "redis-master-redis")
+    try:
+        for pod in pods:
+            kit.wait_for(
+                f"{pod.name} to report the link down", lambda pod=pod: pod.metric("read_api_replica_link_up") == 0, 30
+            )
+        for _ in range(20):
+            for pod in pods:
+                status, body = pod.get("/v1/keys/known-key")
+                assert status == 200 and json.loads(body)["value"] == "before the outage", (
+                    f"{pod.name}: {status} {body}"
+                )
+                assert pod.ready()[0] == 200, f"{pod.name} stopped being ready without its master"
+            time.sleep(0.1)
+    finally:
+        kit.podman("start", "redis-master-redis")
+        kit.wait_for("the master to come back", master.ping, 60, every=0.5)
+    master.set("known-key", "after the outage")
+    for pod in pods:
+        kit.wait_for(
+            f"{pod.name} to get the new write", lambda pod=pod: pod.value("known-key") == "after the outage", 60
+        )
+    summary("all pods kept answering 200 with the last value, /metrics showed the link down, new writes arrived after")
+
+
+def test_tunnel_loss(master, pods, summary):
+    pod = pods[0]
+
+    def syncs():
+        stats = master.info("stats")
+        return int(stats["sync_partial_ok"]), int(stats["sync_full"])
+
+    before = syncs()
+    statuses = {}
+    restart = subprocess.Popen(
+        ["podman", "restart", "-t", "1", f"{pod.name}-stunnel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    reads = 0
+    # Until the replica has reconnected (the master counts a new sync) and reports its link up.
+    while True:
+        status, _ = pod.get("/v1/keys/known-key")
+        statuses[status] = statuses.get(status, 0) + 1
+        reads += 1
+        if restart.poll() is not None and reads % 20 == 0:
+            after = syncs()
+            if after != before and pod.metric("read_api_replica_link_up") == 1:
+                break
+        assert time.monotonic() < deadline, f"the replica did not reconnect within 60s (answers: {statuses})"
+    assert restart.returncode == 0, restart.stderr.read()
+    assert set(statuses) == {200}, f"answers during the restart: {statuses}"
+    resync = "a partial resync" if after[0] > before[0] else "a full resync"
+    summary(f"{pod.name}: {reads} reads during the stunnel restart, all 200; the replica came back with {resync}")
