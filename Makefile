@@ -9,7 +9,7 @@ MAKEFLAGS += --no-print-directory
 CARGO ?= cargo
 CONTAINER_TOOL ?= podman
 IMAGE_REGISTRY ?= localhost
-IMAGE_TAG ?= 0.1.0
+IMAGE_TAG ?= $(shell scripts/versions.sh tag read-api)
 NAMESPACE ?= read-api
 TOPOLOGY ?= sidecar
 
@@ -34,13 +34,27 @@ build: ## Build the API in release mode (target/release/read-api).
 	$(CARGO) build --release --locked -p read-api
 
 .PHONY: fmt
-fmt: ## Format the Rust code.
+fmt: venv ## Format the Rust and Python code.
 	$(CARGO) fmt --all
+	.venv/bin/ruff format .
 
 .PHONY: lint
-lint: ## Check formatting and run clippy with warnings as errors.
+lint: lint-rust lint-shell lint-python ## Lint every language in the tree: Rust, shell, Python.
+
+.PHONY: lint-rust
+lint-rust: ## rustfmt check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: lint-shell
+lint-shell: ## shellcheck every tracked shell script.
+	@scripts/install-deps.sh shellcheck
+	git ls-files -z '*.sh' | xargs -0 shellcheck -x -S warning
+
+.PHONY: lint-python
+lint-python: venv ## ruff: lint and format check of every tracked Python file (ruff.toml).
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 .PHONY: test
 test: deps lint test-manifests test-rust test-loadtest e2e ## Run every test: lint, manifests, Rust tests against real Redis and stunnel, the load-test kit, e2e on podman.
@@ -169,10 +183,10 @@ e2e-preflight: venv ## Check that podman can start pods here and that pods resol
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/preflight.py
 
 .PHONY: e2e
-e2e: e2e-preflight ## Play the rendered manifests on podman (3 sidecar pods, master, central) and check failures end to end.
+e2e: e2e-preflight ## Play the rendered manifests on podman and check failures end to end (E2E_ARGS='-k outage' selects).
 	@$(E2E_ENV) deploy/e2e/build-images.sh
-	@$(E2E_ENV) .venv/bin/python deploy/e2e/run.py
+	@$(E2E_ENV) .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e
 
 .PHONY: e2e-down
 e2e-down: venv ## Remove the e2e pods, network and volumes (after E2E_KEEP=1 make e2e).
-	@$(E2E_ENV) .venv/bin/python deploy/e2e/run.py down
+	@$(E2E_ENV) .venv/bin/python deploy/e2e/kit.py down

@@ -37,21 +37,25 @@ export API_ADDR=127.0.0.1:28080 API_ADMIN_ADDR=127.0.0.1:29090 SUT_CPUS
 export WORKERS=${WORKERS:-1} LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
 webdis_port=27379 nginx_port=28081
 topology="$repo/scripts/local-topology.sh"
+api_url="http://$API_ADDR/v1/keys/known-key"
+points="$out/points.jsonl"
+cpu="$out/cpu.jsonl"
 load=(taskset -c "$LOAD_CPUS")
 sut=(taskset -c "$SUT_CPUS")
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+pid_of() { cat "$STATE_DIR/run/$1.pid"; }
+bench_py() { python3 "$here/lib/bench.py" "$@"; }
+results() { python3 "$here/lib/results.py" "$@"; }
+wait_http() { until curl -fs "$1" >/dev/null; do sleep 0.1; done; }
 
-say "prerequisites"
-"$repo/scripts/install-deps.sh" redis-server redis-cli stunnel4 webdis nginx gnuplot openssl curl taskset wrk
-"$here/install-oha.sh"
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --locked -p read-api 2>&1 | tail -n 1 >&2
-
-rm -rf "$out"
-mkdir -p "$out/runs" "$out/services"
-points="$out/points.jsonl"
-: >"$points"
+prerequisites() {
+    say "prerequisites"
+    "$repo/scripts/install-deps.sh" redis-server redis-cli stunnel4 webdis nginx gnuplot openssl curl taskset wrk
+    "$here/install-oha.sh"
+    export PATH="$HOME/.cargo/bin:$PATH"
+    cargo build --release --locked -p read-api 2>&1 | tail -n 1 >&2
+}
 
 stop_services() {
     local pidfile
@@ -60,17 +64,21 @@ stop_services() {
     done
     "$topology" down >/dev/null 2>&1 || true
 }
-trap stop_services EXIT
 
-pid_of() { cat "$STATE_DIR/run/$1.pid"; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Starts the topology (TOPOLOGY and API_REDIS from the caller) with known-key in it.
+topology_up() {
+    "$topology" up
+    "$topology" seed known-key "$value"
+    wait_http "$api_url"
+}
 
 # Runs wrk as fast as it goes against URL; records the result as NAME, with the
 # peak resident memory of RSS_PID when given. (wrk for the maximum: it spends
 # the least CPU per request of the generators here, so it caps the others last.)
 measure() {
-    local name=$1 url=$2 rss_pid=${3:-} peak=0 rss sampler
+    local name=$1 url=$2 rss_pid=${3:-} sampler rss=()
     if [[ -n $rss_pid ]]; then
+        rss=(--rss-samples "$out/runs/$name.rss")
         (
             while kill -0 "$rss_pid" 2>/dev/null; do
                 awk '/^VmRSS/ { print $2 }' "/proc/$rss_pid/status"
@@ -84,151 +92,129 @@ measure() {
     if [[ -n $rss_pid ]]; then
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
-        peak=$(sort -n "$out/runs/$name.rss" | tail -n 1)
     fi
-    python3 "$here/lib/results.py" wrk "$out/runs/$name.json" --label "$name" --extra "rss_kb=${peak:-0}" | tee -a "$points" >&2
+    results wrk "$out/runs/$name.json" --label "$name" "${rss[@]}" | tee -a "$points" >&2
 }
 
 # A rate ladder of LABEL against URL at the given absolute rates, with oha, the
 # stand-in for vegeta (wrk has no fixed rate), and the API's own p99 per step.
 ladder() {
-    local label=$1 url=$2 rates=$3 rate
+    local label=$1 url=$2 rates=$3 rate run server_p99
     : >"$out/ladder-$label.jsonl"
     for rate in ${rates//,/ }; do
-        curl -fs "http://$API_ADMIN_ADDR/metrics" >"$out/runs/ladder-$label-$rate.before"
+        run="$out/runs/ladder-$label-$rate"
+        curl -fs "http://$API_ADMIN_ADDR/metrics" >"$run.before"
         "${load[@]}" oha --no-tui --output-format json --worker-threads 1 -z "${BENCH_SECONDS}s" -q "$rate" \
-            -c "$CONNECTIONS" "$url" >"$out/runs/ladder-$label-$rate.json"
-        curl -fs "http://$API_ADMIN_ADDR/metrics" >"$out/runs/ladder-$label-$rate.after"
-        server_p99=$(python3 "$here/lib/server_quantile.py" "$out/runs/ladder-$label-$rate".{before,after})
-        python3 "$here/lib/results.py" oha "$out/runs/ladder-$label-$rate.json" --label "$label" --rate "$rate" \
-            --extra "server_p99_ms=$server_p99" | tee -a "$out/ladder-$label.jsonl" >&2
+            -c "$CONNECTIONS" "$url" >"$run.json"
+        curl -fs "http://$API_ADMIN_ADDR/metrics" >"$run.after"
+        server_p99=$(python3 "$here/lib/server_quantile.py" "$run.before" "$run.after")
+        results oha "$run.json" --label "$label" --rate "$rate" --extra "server_p99_ms=$server_p99" \
+            | tee -a "$out/ladder-$label.jsonl" >&2
     done
 }
 
-# CPU microseconds per unit of work, from clock ticks.
-ticks_to_us() {
-    python3 -c "import os; print(round($1 * 1e6 / os.sysconf('SC_CLK_TCK') / $2, 2))"
+start_webdis() {
+    local password
+    password=$(. "$STATE_DIR/passwords.env" && echo "$REPLICA_PASSWORD")
+    bench_py render "$here/templates/webdis.json" "$out/services/webdis.json" \
+        redis_port="$REPLICA_PORT" redis_password="$password" http_port="$webdis_port" dir="$out/services"
+    "${sut[@]}" webdis "$out/services/webdis.json" &
+    echo $! >"$out/services/webdis.pid"
+    wait_http "http://127.0.0.1:$webdis_port/GET/known-key"
 }
 
-# CPU microseconds per unit of work that PID spent since it had BEFORE ticks.
-cpu_us_since() {
-    ticks_to_us "$(($(cpu_ticks "$1") - $2))" "$3"
+start_nginx() {
+    local dir="$out/services/nginx"
+    mkdir -p "$dir"
+    bench_py render "$here/templates/nginx.conf" "$dir/nginx.conf" \
+        dir="$dir" port="$nginx_port" body="{\"key\":\"known-key\",\"value\":\"$value\"}"
+    "${sut[@]}" nginx -c "$dir/nginx.conf" -e "$dir/error.log" &
+    echo $! >"$out/services/nginx-master.pid"
+    wait_http "http://127.0.0.1:$nginx_port/"
 }
-last_requests() { tail -n 1 "$points" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])'; }
-
-value=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' v)
-api_url="http://$API_ADDR/v1/keys/known-key"
-
-say "sidecar topology, API over loopback TCP; webdis on the same replica; nginx"
-TOPOLOGY=sidecar API_REDIS=tcp "$topology" up
-"$topology" seed known-key "$value"
-until curl -fs "$api_url" >/dev/null; do sleep 0.1; done
-api=$(pid_of api) replica=$(pid_of replica)
-
-source "$STATE_DIR/passwords.env"
-cat >"$out/services/webdis.json" <<EOF
-{"redis_host": "127.0.0.1", "redis_port": $REPLICA_PORT, "redis_auth": "$REPLICA_PASSWORD",
- "http_host": "127.0.0.1", "http_port": $webdis_port, "threads": 1, "pool_size": 4,
- "daemonize": false, "verbosity": 1, "logfile": "$out/services/webdis.log"}
-EOF
-"${sut[@]}" webdis "$out/services/webdis.json" &
-echo $! >"$out/services/webdis.pid"
-until curl -fs "http://127.0.0.1:$webdis_port/GET/known-key" >/dev/null; do sleep 0.1; done
-
-mkdir -p "$out/services/nginx"
-cat >"$out/services/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $out/services/nginx/nginx.pid;
-error_log $out/services/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $out/services/nginx;
-    proxy_temp_path $out/services/nginx;
-    fastcgi_temp_path $out/services/nginx;
-    uwsgi_temp_path $out/services/nginx;
-    scgi_temp_path $out/services/nginx;
-    server {
-        listen 127.0.0.1:$nginx_port;
-        default_type application/json;
-        location / { return 200 '{"key":"known-key","value":"$value"}'; }
-    }
-}
-EOF
-"${sut[@]}" nginx -c "$out/services/nginx/nginx.conf" -e "$out/services/nginx/error.log" &
-echo $! >"$out/services/nginx-master.pid"
-until curl -fs "http://127.0.0.1:$nginx_port/" >/dev/null; do sleep 0.1; done
 
 # The three take turns, ROUNDS times, so that a noisy neighbour on this shared
 # machine hits them alike; the report takes each one's median.
-api_ticks=0 replica_ticks=0 api_requests=0
-for round in $(seq "$ROUNDS"); do
-    say "round $round of $ROUNDS: api, webdis, nginx"
-    api_before=$(cpu_ticks "$api") replica_before=$(cpu_ticks "$replica")
-    measure api-sidecar-tcp "$api_url" "$api"
-    api_ticks=$((api_ticks + $(cpu_ticks "$api") - api_before))
-    replica_ticks=$((replica_ticks + $(cpu_ticks "$replica") - replica_before))
-    api_requests=$((api_requests + $(last_requests)))
-    measure webdis "http://127.0.0.1:$webdis_port/GET/known-key" "$(<"$out/services/webdis.pid")"
-    measure nginx-ceiling "http://127.0.0.1:$nginx_port/"
-done
-api_us=$(ticks_to_us "$api_ticks" "$api_requests")
-replica_us=$(ticks_to_us "$replica_ticks" "$api_requests")
+sidecar_rounds() {
+    local round api replica
+    api=$(pid_of api) replica=$(pid_of replica)
+    for round in $(seq "$ROUNDS"); do
+        say "round $round of $ROUNDS: api, webdis, nginx"
+        bench_py mark "$cpu" api-sidecar-tcp api "$api"
+        bench_py mark "$cpu" api-sidecar-tcp replica "$replica"
+        measure api-sidecar-tcp "$api_url" "$api"
+        bench_py mark "$cpu" api-sidecar-tcp api "$api"
+        bench_py mark "$cpu" api-sidecar-tcp replica "$replica"
+        measure webdis "http://127.0.0.1:$webdis_port/GET/known-key" "$(<"$out/services/webdis.pid")"
+        measure nginx-ceiling "http://127.0.0.1:$nginx_port/"
+    done
+}
 
-say "redis-benchmark GET on the same replica"
-bench_requests=$((BENCH_SECONDS * 60000))
-REDISCLI_AUTH=$REPLICA_PASSWORD "${load[@]}" redis-benchmark -h 127.0.0.1 -p "$REPLICA_PORT" -a "$REPLICA_PASSWORD" \
-    -c "$CONNECTIONS" -n "$bench_requests" --csv GET known-key 2>/dev/null >"$out/runs/redis-benchmark.csv"
-python3 - "$out/runs/redis-benchmark.csv" >>"$points" <<'PY'
-import csv, json, sys
-row = next(csv.DictReader(open(sys.argv[1])))
-print(json.dumps({"label": "redis-benchmark", "engine": "redis-benchmark", "offered_rate": 0,
-                  "requests": 0, "ok": 0, "success_ratio": 1.0, "throughput": float(row["rps"]),
-                  "p50_ms": float(row["p50_latency_ms"]), "p95_ms": float(row["p95_latency_ms"]),
-                  "p99_ms": float(row["p99_latency_ms"]), "max_ms": float(row["max_latency_ms"]), "rss_kb": 0}))
-PY
-tail -n 1 "$points" >&2
+redis_benchmark() {
+    local password
+    say "redis-benchmark GET on the same replica"
+    password=$(. "$STATE_DIR/passwords.env" && echo "$REPLICA_PASSWORD")
+    REDISCLI_AUTH=$password "${load[@]}" redis-benchmark -h 127.0.0.1 -p "$REPLICA_PORT" \
+        -a "$password" -c "$CONNECTIONS" -n "$((BENCH_SECONDS * 60000))" --csv GET known-key 2>/dev/null \
+        >"$out/runs/redis-benchmark.csv"
+    results redis-benchmark "$out/runs/redis-benchmark.csv" --label redis-benchmark | tee -a "$points" >&2
+}
 
-say "replication cost: writes through the master, CPU in stunnel"
-writes=$((BENCH_SECONDS * 5000))
-stunnel_before=$(cpu_ticks "$(pid_of stunnel)")
-KEYSPACE=$writes VALUE_BYTES=$VALUE_BYTES "$here/seed-keys.sh"
-# Let the replica drain what the master sent before reading the clock.
-sleep 1
-stunnel_us=$(cpu_us_since "$(pid_of stunnel)" "$stunnel_before" "$writes")
+replication_cost() {
+    local writes=$((BENCH_SECONDS * 5000)) stunnel
+    say "replication cost: writes through the master, CPU in stunnel"
+    stunnel=$(pid_of stunnel)
+    bench_py mark "$cpu" replication-writes stunnel "$stunnel"
+    KEYSPACE=$writes VALUE_BYTES=$VALUE_BYTES "$here/seed-keys.sh"
+    # Let the replica drain what the master sent before reading the clock.
+    sleep 1
+    bench_py mark "$cpu" replication-writes stunnel "$stunnel" "$writes"
+}
 
-max_sidecar=$(python3 -c "
-import json, statistics
-rows = [json.loads(line) for line in open('$points')]
-print(statistics.median(r['throughput'] for r in rows if r['label'] == 'api-sidecar-tcp'))")
-rates=$(python3 -c "print(','.join(str(int(float(f) * $max_sidecar)) for f in '$LADDER'.split(',')))")
-say "rate ladder, sidecar: $rates"
-ladder sidecar "$api_url" "$rates"
+central() {
+    local master api
+    say "central topology, API reading the master over TLS"
+    TOPOLOGY=central topology_up
+    master=$(pid_of master) api=$(pid_of api)
+    bench_py mark "$cpu" api-central-tls master "$master"
+    bench_py mark "$cpu" api-central-tls api "$api"
+    measure api-central-tls "$api_url" "$api"
+    bench_py mark "$cpu" api-central-tls master "$master"
+    bench_py mark "$cpu" api-central-tls api "$api"
+    say "rate ladder, central: $rates"
+    ladder central "$api_url" "$rates"
+}
 
-say "sidecar topology, API over a unix socket"
-TOPOLOGY=sidecar API_REDIS=unix "$topology" up
-"$topology" seed known-key "$value"
-until curl -fs "$api_url" >/dev/null; do sleep 0.1; done
-measure api-sidecar-unix "$api_url" "$(pid_of api)"
+main() {
+    prerequisites
+    rm -rf "$out"
+    mkdir -p "$out/runs" "$out/services"
+    : >"$points"
+    trap stop_services EXIT
+    value=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' v)
 
-say "central topology, API reading the master over TLS"
-TOPOLOGY=central "$topology" up
-"$topology" seed known-key "$value"
-master=$(pid_of master) api=$(pid_of api)
-master_before=$(cpu_ticks "$master") api_before=$(cpu_ticks "$api")
-measure api-central-tls "$api_url" "$api"
-master_us=$(cpu_us_since "$master" "$master_before" "$(last_requests)")
-central_api_us=$(cpu_us_since "$api" "$api_before" "$(last_requests)")
-say "rate ladder, central: $rates"
-ladder central "$api_url" "$rates"
-"$topology" down >/dev/null
+    say "sidecar topology, API over loopback TCP; webdis on the same replica; nginx"
+    TOPOLOGY=sidecar API_REDIS=tcp topology_up
+    start_webdis
+    start_nginx
+    sidecar_rounds
+    redis_benchmark
+    replication_cost
+    rates=$(bench_py ladder-rates "$points" api-sidecar-tcp "$LADDER")
+    say "rate ladder, sidecar: $rates"
+    ladder sidecar "$api_url" "$rates"
 
-cat >"$out/costs.json" <<EOF
-{"api_cpu_us_per_read": $api_us, "replica_cpu_us_per_read": $replica_us,
- "central_api_cpu_us_per_read": $central_api_us, "master_tls_cpu_us_per_read": $master_us,
- "stunnel_cpu_us_per_write": $stunnel_us,
- "sut_cpus": "$SUT_CPUS", "seconds_per_point": $BENCH_SECONDS, "connections": $CONNECTIONS}
-EOF
-"$here/plot.sh" "$out/ladder.svg" "$out/ladder-central.jsonl" "$out/ladder-sidecar.jsonl"
-python3 "$here/lib/bench_report.py" "$out" | tee "$out/report.md"
+    say "sidecar topology, API over a unix socket"
+    TOPOLOGY=sidecar API_REDIS=unix topology_up
+    measure api-sidecar-unix "$api_url" "$(pid_of api)"
+
+    central
+    "$topology" down >/dev/null
+
+    bench_py costs "$out" sut_cpus="\"$SUT_CPUS\"" seconds_per_point="$BENCH_SECONDS" \
+        connections="$CONNECTIONS" ladder="\"$LADDER\""
+    "$here/plot.sh" "$out/ladder.svg" "$out/ladder-central.jsonl" "$out/ladder-sidecar.jsonl"
+    python3 "$here/lib/bench_report.py" "$out" | tee "$out/report.md"
+}
+
+main "$@"

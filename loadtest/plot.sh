@@ -22,22 +22,7 @@ for label in $labels; do
 done
 join() { local IFS=','; echo "$*"; }
 
-gnuplot <<GP
-set terminal svg size 1100,450 dynamic background rgb 'white' font 'sans,12'
-set output '$out'
-set datafile separator ','
-set multiplot layout 1,2 title 'read-api: central vs sidecar'
-set key bottom left
-set xlabel 'offered rate (requests/s)'
-set ylabel 'success (% HTTP 200)'
-set yrange [0:105]
-set grid
-plot $(join "${success_plot[@]}")
-set key top left
-set ylabel 'p99 latency (ms)'
-set yrange [*:*]
-set logscale y
-plot $(join "${p99_plot[@]}")
-unset multiplot
-GP
+python3 "$here/lib/bench.py" render "$here/templates/ladder.gp" "$data/ladder.gp" output="$out" \
+    success_plot="$(join "${success_plot[@]}")" p99_plot="$(join "${p99_plot[@]}")"
+gnuplot "$data/ladder.gp"
 echo "plot: wrote $out" >&2

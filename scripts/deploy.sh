@@ -13,14 +13,15 @@
 #   smoke                 curl known-key through a port-forward
 #   seed KEY VALUE        write through the master
 #
-# Settings: NAMESPACE (read-api), IMAGE_REGISTRY (localhost), IMAGE_TAG (0.1.0),
+# Settings: NAMESPACE (read-api), IMAGE_REGISTRY (localhost), IMAGE_TAG (the read-api tag in deploy/images),
 # CERTS_DIR (target/certs), ROLLOUT_TIMEOUT (180s).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 NAMESPACE=${NAMESPACE:-read-api}
 IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
-IMAGE_TAG=${IMAGE_TAG:-0.1.0}
+IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
+export NAMESPACE IMAGE_REGISTRY IMAGE_TAG
 CERTS_DIR=${CERTS_DIR:-$repo/target/certs}
 ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-180s}
 LOCAL_PORT=${LOCAL_PORT:-8080}
@@ -43,19 +44,9 @@ render() {
     esac
     local work="$repo/target/deploy/$1"
     mkdir -p "$work"
-    cat >"$work/kustomization.yaml" <<EOF
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../../../deploy/$dir
-images:
-  - name: localhost/read-api
-    newName: $IMAGE_REGISTRY/read-api
-    newTag: "$IMAGE_TAG"
-  - name: localhost/read-api-stunnel
-    newName: $IMAGE_REGISTRY/read-api-stunnel
-    newTag: "$IMAGE_TAG"
-EOF
+    command -v envsubst >/dev/null || "$repo/scripts/install-deps.sh" envsubst
+    DIR=$dir envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG' \
+        <"$repo/scripts/templates/render.kustomization.yaml" >"$work/kustomization.yaml"
     kubectl kustomize "$work"
 }
 
@@ -73,7 +64,7 @@ ensure_namespace() {
 
 deploy_master() {
     require_cluster
-    "$repo/scripts/gen-certs.sh"
+    CERTS_DIR=$CERTS_DIR "$repo/scripts/gen-certs.sh"
     ensure_namespace
     local password
     password=$(secret_value redis-master password)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Creates a CA and a Redis master certificate signed by it, with openssl.
 #
-#   CERTS_DIR     where to write ca.crt, ca.key, master.crt, master.key (default: target/certs)
+#   CERTS_DIR     where to write ca.crt, ca.key, master.crt, master.key (default: target/certs
+#                 in the repository, where make deploy-master reads them, wherever this runs from)
 #   MASTER_HOSTS  comma-separated names and IPs the master certificate covers
 #                 (default: the in-cluster master Service's DNS names, localhost, 127.0.0.1)
 #   CERT_DAYS     validity in days (default: 825)
 #   FORCE=1       replace existing files (otherwise an existing, matching set is kept)
 set -euo pipefail
 
+repo=$(cd "$(dirname "$0")/.." && pwd)
 namespace=${NAMESPACE:-read-api}
 service=${MASTER_SERVICE:-redis-master}
-CERTS_DIR=${CERTS_DIR:-target/certs}
+CERTS_DIR=${CERTS_DIR:-$repo/target/certs}
 MASTER_HOSTS=${MASTER_HOSTS:-$service,$service.$namespace,$service.$namespace.svc,$service.$namespace.svc.cluster.local,localhost,127.0.0.1}
 CERT_DAYS=${CERT_DAYS:-825}
 

@@ -12,7 +12,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 CONTAINER_TOOL=${CONTAINER_TOOL:-podman}
 IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
-IMAGE_TAG=${IMAGE_TAG:-0.1.0}
+IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
 IMAGE_BUILD=${IMAGE_BUILD:-source}
 if ! command -v "$CONTAINER_TOOL" >/dev/null; then
     case $CONTAINER_TOOL in

@@ -26,6 +26,7 @@ package_for() {
         python3) echo python3 ;;
         curl) echo curl ;;
         jq) echo jq ;;
+        envsubst) echo gettext-base ;;
         taskset) echo util-linux ;;
         musl-gcc) echo musl-tools ;;
         *) echo "install-deps: no package known for command '$1'" >&2; return 1 ;;

@@ -9,7 +9,10 @@ throughput = ok / duration_s.
 
   results.py oha FILE --label L --rate R         an `oha --output-format json` file
   results.py vegeta FILE --label L --rate R      a `vegeta report -type=json` file
-  results.py wrk FILE --label L                  the last line of wrk with lib/wrk-json.lua
+  results.py wrk FILE --label L [--rss-samples F]
+                                                 the last line of wrk with lib/wrk-json.lua; the peak
+                                                 of F's VmRSS samples (kB, one a line) as rss_kb
+  results.py redis-benchmark FILE --label L      a `redis-benchmark --csv` file
   results.py hist FILE... --label L --rate R --duration S
                                                  merge histograms from loadtest/k8s pods
   results.py table FILE.jsonl                    markdown table
@@ -17,6 +20,7 @@ throughput = ok / duration_s.
 """
 
 import argparse
+import csv
 import json
 import sys
 from collections import Counter
@@ -53,8 +57,15 @@ def from_oha(path, label, rate):
         return (value or 0.0) * 1000.0
 
     return record(
-        label, "oha", rate, summary["total"], requests, codes.get(200, 0),
-        ms(percentiles.get("p50")), ms(percentiles.get("p95")), ms(percentiles.get("p99")),
+        label,
+        "oha",
+        rate,
+        summary["total"],
+        requests,
+        codes.get(200, 0),
+        ms(percentiles.get("p50")),
+        ms(percentiles.get("p95")),
+        ms(percentiles.get("p99")),
         ms(summary.get("slowest")),
     )
 
@@ -71,8 +82,16 @@ def from_vegeta(path, label, rate):
         return ns / 1e6
 
     return record(
-        label, "vegeta", rate, duration, requests, ok,
-        ms(latencies["50th"]), ms(latencies["95th"]), ms(latencies["99th"]), ms(latencies["max"]),
+        label,
+        "vegeta",
+        rate,
+        duration,
+        requests,
+        ok,
+        ms(latencies["50th"]),
+        ms(latencies["95th"]),
+        ms(latencies["99th"]),
+        ms(latencies["max"]),
     )
 
 
@@ -86,9 +105,40 @@ def from_wrk(path, label, rate):
         return us / 1000.0
 
     return record(
-        label, "wrk", rate, data["duration_us"] / 1e6, requests, ok,
-        ms(data["p50_us"]), ms(data["p95_us"]), ms(data["p99_us"]), ms(data["max_us"]),
+        label,
+        "wrk",
+        rate,
+        data["duration_us"] / 1e6,
+        requests,
+        ok,
+        ms(data["p50_us"]),
+        ms(data["p95_us"]),
+        ms(data["p99_us"]),
+        ms(data["max_us"]),
     )
+
+
+def from_redis_benchmark(path, label):
+    with open(path) as f:
+        row = next(csv.DictReader(f))
+    return {
+        "label": label,
+        "engine": "redis-benchmark",
+        "offered_rate": 0,
+        "requests": 0,
+        "ok": 0,
+        "success_ratio": 1.0,
+        "throughput": float(row["rps"]),
+        "p50_ms": float(row["p50_latency_ms"]),
+        "p95_ms": float(row["p95_latency_ms"]),
+        "p99_ms": float(row["p99_latency_ms"]),
+        "max_ms": float(row["max_latency_ms"]),
+    }
+
+
+def peak_rss_kb(path):
+    with open(path) as f:
+        return max((int(line) for line in f if line.strip()), default=0)
 
 
 # Histogram lines from the loadtest Job pods: `H <status> <bucket> <count>`, a bucket
@@ -122,8 +172,16 @@ def from_histograms(paths, label, rate, duration):
 
     maximum = (max(latencies) + 1) * BUCKET_MS if latencies else 0.0
     return record(
-        label, "vegeta", rate, duration, requests, statuses[200],
-        percentile(0.50), percentile(0.95), percentile(0.99), maximum,
+        label,
+        "vegeta",
+        rate,
+        duration,
+        requests,
+        statuses[200],
+        percentile(0.50),
+        percentile(0.95),
+        percentile(0.99),
+        maximum,
     )
 
 
@@ -148,12 +206,13 @@ def table(rows):
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["oha", "vegeta", "wrk", "hist", "table", "csv"])
+    parser.add_argument("kind", choices=["oha", "vegeta", "wrk", "redis-benchmark", "hist", "table", "csv"])
     parser.add_argument("files", nargs="+")
     parser.add_argument("--label", default="")
     parser.add_argument("--rate", type=float, default=0.0, help="offered requests/s; 0 for as fast as possible")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds, for hist")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=NUMBER", help="a field to add")
+    parser.add_argument("--rss-samples", help="VmRSS samples in kB, for wrk")
     args = parser.parse_args(argv)
     extra = {}
     for item in args.extra:
@@ -165,7 +224,11 @@ def main(argv):
     elif args.kind == "vegeta":
         print(json.dumps(from_vegeta(args.files[0], args.label, args.rate) | extra))
     elif args.kind == "wrk":
+        if args.rss_samples:
+            extra["rss_kb"] = peak_rss_kb(args.rss_samples)
         print(json.dumps(from_wrk(args.files[0], args.label, args.rate) | extra))
+    elif args.kind == "redis-benchmark":
+        print(json.dumps(from_redis_benchmark(args.files[0], args.label)))
     elif args.kind == "hist":
         if args.duration <= 0:
             parser.error("hist needs --duration")
@@ -176,7 +239,10 @@ def main(argv):
         print("label,offered_rate,success_pct,p99_ms,throughput")
         for path in args.files:
             for r in read_jsonl(path):
-                print(f"{r['label']},{r['offered_rate']:.0f},{100 * r['success_ratio']:.3f},{r['p99_ms']:.3f},{r['throughput']:.1f}")
+                print(
+                    f"{r['label']},{r['offered_rate']:.0f},{100 * r['success_ratio']:.3f},"
+                    f"{r['p99_ms']:.3f},{r['throughput']:.1f}"
+                )
 
 
 if __name__ == "__main__":

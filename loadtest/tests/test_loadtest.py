@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LOADTEST = REPO / "loadtest"
 sys.path.insert(0, str(LOADTEST / "lib"))
+import bench  # noqa: E402
 import results  # noqa: E402
 
 
@@ -25,7 +26,11 @@ def free_port():
 
 def run(args, env=None, timeout=600, check=True):
     result = subprocess.run(
-        [str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [str(a) for a in args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     if check:
@@ -43,8 +48,12 @@ def topology(tmp_path_factory):
     state = tmp_path_factory.mktemp("topology")
     api, admin = free_port(), free_port()
     env = {
-        "STATE_DIR": str(state), "MASTER_PORT": str(free_port()), "STUNNEL_PORT": str(free_port()),
-        "REPLICA_PORT": str(free_port()), "API_ADDR": f"127.0.0.1:{api}", "API_ADMIN_ADDR": f"127.0.0.1:{admin}",
+        "STATE_DIR": str(state),
+        "MASTER_PORT": str(free_port()),
+        "STUNNEL_PORT": str(free_port()),
+        "REPLICA_PORT": str(free_port()),
+        "API_ADDR": f"127.0.0.1:{api}",
+        "API_ADMIN_ADDR": f"127.0.0.1:{admin}",
         "WORKERS": "1",
     }
     run(["cargo", "build", "--release", "--locked", "-p", "read-api"], timeout=900)
@@ -57,9 +66,18 @@ def topology(tmp_path_factory):
 @pytest.mark.parametrize("target", ["known-key", "random", "batch"])
 def test_attack_ladder_with_the_oha_stand_in(topology, target, tmp_path):
     out = tmp_path / target
-    env = {**topology["env"], "BASE_URL": topology["base"], "TARGET": target, "KEYSPACE": "200",
-           "RATES": "200,400", "DURATION": "1", "CONNECTIONS": "4", "OUT": str(out), "ENGINE": "auto",
-           "PATH": os.environ["PATH"].replace(":/usr/local/bin/vegeta", "")}
+    env = {
+        **topology["env"],
+        "BASE_URL": topology["base"],
+        "TARGET": target,
+        "KEYSPACE": "200",
+        "RATES": "200,400",
+        "DURATION": "1",
+        "CONNECTIONS": "4",
+        "OUT": str(out),
+        "ENGINE": "auto",
+        "PATH": os.environ["PATH"].replace(":/usr/local/bin/vegeta", ""),
+    }
     result = run([LOADTEST / "attack.sh"], env)
     assert "engine=oha" in result.stderr, "without vegeta on PATH the stand-in runs, and says so"
     rows = jsonl(out / "summary.jsonl")
@@ -76,8 +94,16 @@ def test_attack_ladder_with_the_oha_stand_in(topology, target, tmp_path):
 
 def test_plot_draws_one_line_per_series(topology, tmp_path):
     for label, rates in [("central", "300"), ("sidecar", "300")]:
-        env = {**topology["env"], "BASE_URL": topology["base"], "RATES": rates, "DURATION": "1",
-               "CONNECTIONS": "2", "LABEL": label, "OUT": str(tmp_path / label), "ENGINE": "oha"}
+        env = {
+            **topology["env"],
+            "BASE_URL": topology["base"],
+            "RATES": rates,
+            "DURATION": "1",
+            "CONNECTIONS": "2",
+            "LABEL": label,
+            "OUT": str(tmp_path / label),
+            "ENGINE": "oha",
+        }
         run([LOADTEST / "attack.sh"], env)
     svg = tmp_path / "ladder.svg"
     run([LOADTEST / "plot.sh", svg, tmp_path / "central/summary.jsonl", tmp_path / "sidecar/summary.jsonl"])
@@ -103,7 +129,9 @@ def test_oha_results_count_only_http_200_as_success(tmp_path):
 def test_vegeta_reports_normalise_the_same_way(tmp_path):
     report = {
         "latencies": {"50th": 1_000_000, "95th": 2_000_000, "99th": 3_000_000, "max": 9_000_000},
-        "requests": 200, "duration": 1_900_000_000, "wait": 100_000_000,
+        "requests": 200,
+        "duration": 1_900_000_000,
+        "wait": 100_000_000,
         "status_codes": {"200": 150, "0": 50},
     }
     path = tmp_path / "vegeta.json"
@@ -124,6 +152,47 @@ def test_pod_histograms_merge_into_one_result(tmp_path):
     assert r["max_ms"] == pytest.approx(1000.0)
 
 
+def test_bench_costs_pair_cpu_marks_with_their_operations(tmp_path):
+    ticks = os.sysconf("SC_CLK_TCK")
+    marks = [
+        # Two rounds of the API in one phase: 2 and 3 seconds of CPU over 1000 + 4000 requests.
+        ("api-sidecar-tcp", "api", 0, None),
+        ("api-sidecar-tcp", "api", 2 * ticks, None),
+        ("api-sidecar-tcp", "api", 10 * ticks, None),
+        ("api-sidecar-tcp", "api", 13 * ticks, None),
+        # stunnel: one second for 500 writes, counted by the closing mark.
+        ("replication-writes", "stunnel", 5, None),
+        ("replication-writes", "stunnel", 5 + ticks, 500),
+    ]
+    (tmp_path / "cpu.jsonl").write_text(
+        "".join(
+            json.dumps({"phase": p, "process": n, "ticks": t} | ({"units": u} if u else {})) + "\n"
+            for p, n, t, u in marks
+        )
+    )
+    (tmp_path / "points.jsonl").write_text(
+        json.dumps({"label": "api-sidecar-tcp", "requests": 1000, "throughput": 1.0})
+        + "\n"
+        + json.dumps({"label": "api-sidecar-tcp", "requests": 4000, "throughput": 3.0})
+        + "\n"
+    )
+    bench.costs(tmp_path, ["connections=32", 'ladder="0.5,1"'])
+    costs = json.loads((tmp_path / "costs.json").read_text())
+    assert costs["api_cpu_us_per_read"] == 1000.0  # 5 s / 5000 requests
+    assert costs["stunnel_cpu_us_per_write"] == 2000.0  # 1 s / 500 writes
+    assert "master_tls_cpu_us_per_read" not in costs
+    assert (costs["connections"], costs["ladder"]) == (32, "0.5,1")
+    assert bench.ladder_rates(bench.jsonl(tmp_path / "points.jsonl"), "api-sidecar-tcp", "0.5,1") == "1,2"
+
+
+def test_bench_templates_name_every_field(tmp_path):
+    out = tmp_path / "nginx.conf"
+    bench.render(LOADTEST / "templates/nginx.conf", out, ["dir=/d", "port=1", "body={}"])
+    assert "listen 127.0.0.1:1;" in out.read_text() and "$" not in out.read_text()
+    with pytest.raises(KeyError):
+        bench.render(LOADTEST / "templates/webdis.json", out, ["dir=/d"])
+
+
 def test_quick_bench_produces_every_output():
     result = run([LOADTEST / "bench.sh"], {"BENCH_QUICK": "1"}, timeout=1200)
     bench = REPO / "target/bench"
@@ -131,15 +200,25 @@ def test_quick_bench_produces_every_output():
     assert report.strip() in result.stdout
     for row in ["loopback TCP", "unix socket", "central: master over TLS", "webdis", "nginx", "redis-benchmark"]:
         assert row in report, row
-    for ratio in ["API sidecar TCP / webdis", "API sidecar TCP / HTTP ceiling", "p99 at half the max rate",
-                  "peak resident memory"]:
+    for ratio in [
+        "API sidecar TCP / webdis",
+        "API sidecar TCP / HTTP ceiling",
+        "p99 at 0.5 × the max rate",
+        "peak resident memory",
+    ]:
         assert ratio in report, ratio
     lines = (bench / "results.csv").read_text().splitlines()
     assert lines[0].startswith("system,") and len(lines) == 7
     for line in lines[1:]:
         assert float(line.split(",")[2]) > 0, line
     costs = json.loads((bench / "costs.json").read_text())
-    for key in ["api_cpu_us_per_read", "replica_cpu_us_per_read", "master_tls_cpu_us_per_read"]:
+    for key in [
+        "api_cpu_us_per_read",
+        "replica_cpu_us_per_read",
+        "central_api_cpu_us_per_read",
+        "master_tls_cpu_us_per_read",
+        "stunnel_cpu_us_per_write",
+    ]:
         assert costs[key] > 0, key
     svg = (bench / "ladder.svg").read_text()
     assert "central" in svg and "sidecar" in svg
@@ -147,8 +226,11 @@ def test_quick_bench_produces_every_output():
         rows = jsonl(bench / f"ladder-{label}.jsonl")
         assert len(rows) == 5 and all(r["requests"] > 0 for r in rows)
     # Nothing the bench started is left running.
-    assert not any("target/bench" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")
-                   for p in os.listdir("/proc") if p.isdigit() and Path(f"/proc/{p}/cmdline").exists())
+    assert not any(
+        "target/bench" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")
+        for p in os.listdir("/proc")
+        if p.isdigit() and Path(f"/proc/{p}/cmdline").exists()
+    )
 
 
 def test_model_reproduces_the_original_experiment():
@@ -161,8 +243,25 @@ def test_model_reproduces_the_original_experiment():
 
 
 def test_model_scales_sidecar_linearly_and_caps_central():
-    out = run([LOADTEST / "model", "--pods", "1", "2", "4", "--api-us", "20", "--replica-us", "5",
-               "--central-api-us", "20", "--master-ops", "50000", "--writes", "0"]).stdout
+    out = run(
+        [
+            LOADTEST / "model",
+            "--pods",
+            "1",
+            "2",
+            "4",
+            "--api-us",
+            "20",
+            "--replica-us",
+            "5",
+            "--central-api-us",
+            "20",
+            "--master-ops",
+            "50000",
+            "--writes",
+            "0",
+        ]
+    ).stdout
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     sidecar = [float(r[1].replace(",", "")) for r in rows]
     central = [float(r[2].replace(",", "")) for r in rows]

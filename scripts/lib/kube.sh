@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that talk to a cluster.
 
 # Stops with a clear message when kubectl cannot reach a cluster.
