@@ -71,12 +71,19 @@ test-rust: deps ## Unit and integration tests of the API and the local topology.
 venv: ## Create .venv with the Python test tools (kubernetes-validate, pytest), once.
 	@scripts/python-venv.sh
 
+.PHONY: oha
+oha: ## Install oha, the stand-in for vegeta, into ~/.cargo/bin (compiles for about 6 minutes, once).
+	@loadtest/install-oha.sh
+
+# oha is installed before the tests start, so that its one-time compile never
+# counts against a test's timeout.
 .PHONY: test-loadtest
-test-loadtest: venv ## The load-test kit: oha ladders on the local topology, result formats, model, BENCH_QUICK=1 bench.
+test-loadtest: venv oha ## The load-test kit: oha ladders on the local topology, result formats, model, BENCH_QUICK=1 bench.
 	.venv/bin/pytest -q loadtest/tests
 
 .PHONY: test-manifests
-test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology.
+test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology and the alert rules.
+	@scripts/install-deps.sh promtool
 	.venv/bin/pytest -q deploy/tests
 
 ##@ Local topology
@@ -179,7 +186,7 @@ PODMAN_DEPS = podman runc catatonit pkg:golang-github-containernetworking-plugin
 
 .PHONY: e2e-preflight
 e2e-preflight: venv ## Check that podman can start pods here and that pods resolve each other by name.
-	@scripts/install-deps.sh $(PODMAN_DEPS) redis-cli openssl
+	@scripts/install-deps.sh $(PODMAN_DEPS) redis-server redis-cli stunnel4 prometheus-redis-exporter openssl
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/preflight.py
 
 .PHONY: e2e

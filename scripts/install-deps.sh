@@ -18,6 +18,7 @@ package_for() {
         catatonit) echo catatonit ;;
         shellcheck) echo shellcheck ;;
         promtool) echo prometheus ;;
+        prometheus-redis-exporter) echo prometheus-redis-exporter ;;
         webdis) echo webdis ;;
         wrk) echo wrk ;;
         nginx) echo nginx-light ;;

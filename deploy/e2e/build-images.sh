@@ -6,6 +6,7 @@
 #     localhost/read-api:TAG            api/Containerfile.prebuilt over the static binary
 #     docker.io/library/redis:TAG       Debian's redis-server and redis-cli with the libraries they load
 #     localhost/read-api-stunnel:TAG    Debian's stunnel with the libraries it loads
+#     docker.io/oliver006/redis_exporter:TAG   Debian's prometheus-redis-exporter
 #   build-images.sh probe    localhost/read-api-e2e-probe: sh, sleep and getent, for preflight.py
 #
 # The Redis and stunnel images hold only what the pods run: the binaries, sh and
@@ -62,7 +63,7 @@ build_api() {
 
 build_redis() {
     rm -rf "$work/redis"
-    copy_programs "$work/redis" redis-server redis-cli sh mkdir grep
+    copy_programs "$work/redis" redis-server redis-cli sh mkdir grep date sleep
     import_rootfs "$work/redis" "$REDIS_IMAGE" redis 999
 }
 
@@ -71,6 +72,14 @@ build_stunnel() {
     copy_programs "$work/stunnel" stunnel4 sh bash sed mkdir
     ln -s stunnel4 "$work/stunnel/usr/bin/stunnel"
     import_rootfs "$work/stunnel" "localhost/read-api-stunnel:$IMAGE_TAG" stunnel 10001
+}
+
+# Debian's build of the same program; the manifests start it as /redis_exporter.
+build_redis_exporter() {
+    rm -rf "$work/redis-exporter"
+    copy_programs "$work/redis-exporter" prometheus-redis-exporter
+    ln -s /usr/bin/prometheus-redis-exporter "$work/redis-exporter/redis_exporter"
+    import_rootfs "$work/redis-exporter" "$("$repo/scripts/versions.sh" image redis-exporter)" redis_exporter 59000
 }
 
 build_probe() {
@@ -83,7 +92,7 @@ main() {
     : "${CONTAINERS_CONF:?build-images: run through make e2e, which sets CONTAINERS_CONF}"
     cd "$repo"
     case ${1:-all} in
-        all) build_api && build_redis && build_stunnel ;;
+        all) build_api && build_redis && build_stunnel && build_redis_exporter ;;
         probe) build_probe ;;
         *) echo "usage: build-images.sh [all|probe]" >&2; exit 2 ;;
     esac

@@ -15,7 +15,7 @@ CONFIG = DEPLOY / "config"
 KUBERNETES_VERSIONS = ["1.29.0", "1.33.0"]
 RENDERED = ["base", "overlays/sidecar", "overlays/central", "master", "tests/all-components"]
 # Kinds that come from CRDs, which the validator has no schema for.
-CRD_KINDS = {"PodMonitor"}
+CRD_KINDS = {"PodMonitor", "PrometheusRule"}
 # Secrets the user (or make deploy-*) creates; the manifests only refer to them.
 SECRETS = {
     "redis-master": {"host", "port", "user", "password", "ca.crt"},
@@ -317,7 +317,7 @@ def test_all_components_compose():
     for kind in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "PodMonitor"]:
         assert kind in kinds
     spec = pod_spec(one(target, "Deployment", "read-api"))
-    assert [c["name"] for c in spec["containers"]] == ["api"]
+    assert [c["name"] for c in spec["containers"]] == ["api", "redis-exporter"]
     assert [(c["name"], c["restartPolicy"]) for c in spec["initContainers"]] == [
         ("stunnel", "Always"),
         ("redis", "Always"),
@@ -334,10 +334,12 @@ def test_network_policy_lets_only_api_pods_reach_the_master():
     policies = {o["metadata"]["name"]: o for o in objects("tests/all-components") if o["kind"] == "NetworkPolicy"}
     master = policies["redis-master-ingress"]["spec"]
     assert master["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis-master"}
-    [rule] = master["ingress"]
+    rule, metrics = master["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "read-api"}}}]
+    assert [p["port"] for p in rule["ports"]] == ["redis-tls"]
+    assert "from" not in metrics and [p["port"] for p in metrics["ports"]] == ["redis-metrics"]
     api = policies["read-api-ingress"]["spec"]
-    assert sorted(p["port"] for p in api["ingress"][0]["ports"]) == ["admin", "http"]
+    assert sorted(p["port"] for p in api["ingress"][0]["ports"]) == ["admin", "http", "redis-metrics"]
 
 
 def test_pod_monitor_scrapes_the_admin_port():
@@ -387,3 +389,12 @@ def test_render_sets_the_configured_images():
     assert result.returncode == 0, result.stderr
     images = set(re.findall(r"image: (\S+)", result.stdout))
     assert {"registry.example/team/read-api:9.9.9", "registry.example/team/read-api-stunnel:9.9.9"} <= images
+
+
+def test_termination_grace_outlasts_the_api_drain_delay_and_grace():
+    spec = pod_spec(one("base", "Deployment", "read-api"))
+    api = env(container(spec, "api"))
+    delay = int(api["SHUTDOWN_DELAY_SECONDS"]["value"])
+    grace = int(api["SHUTDOWN_GRACE_SECONDS"]["value"])
+    assert delay > 0, "SHUTDOWN_DELAY_SECONDS=0 refuses connections that arrive after SIGTERM"
+    assert spec["terminationGracePeriodSeconds"] > delay + grace

@@ -1,6 +1,7 @@
 """What `make render` and the deploy targets put in front of a cluster: the
 namespace asked for, and the image versions from their one home."""
 
+import os
 import re
 import subprocess
 import tomllib
@@ -76,3 +77,36 @@ def test_no_version_is_written_outside_its_home():
         if path not in homes and (REPO / path).is_file() and pattern.search((REPO / path).read_text(errors="ignore"))
     ]
     assert not offenders, f"versions written outside deploy/images/images.yaml: {offenders}"
+
+
+def user_kustomization(tmp_path, overlay, components):
+    """A kustomization of a user's own, as the README shows: no namespace field of its own."""
+    rel = lambda path: os.path.relpath(REPO / "deploy" / path, tmp_path)  # noqa: E731
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [rel(overlay)], "components": [rel(f"components/{c}") for c in components]})
+    )
+    result = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+COMPONENTS = sorted(p.name for p in (REPO / "deploy/components").iterdir() if (p / "kustomization.yaml").is_file())
+# Components that change only the sidecar pod's containers.
+SIDECAR_ONLY = {"native-sidecars", "unix-socket", "redis-exporter"}
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("overlay", ["overlays/sidecar", "overlays/central"])
+def test_components_keep_every_object_in_the_kit_namespace(tmp_path, overlay, component):
+    if overlay == "overlays/central" and component in SIDECAR_ONLY:
+        pytest.skip(f"{component} applies to the sidecar pod only")
+    for obj in user_kustomization(tmp_path, overlay, [component]):
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"].get("namespace") == "read-api", f"{component}: {obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_the_hpa_component_leaves_the_replica_count_to_the_hpa(tmp_path):
+    objects = user_kustomization(tmp_path, "overlays/sidecar", ["hpa"])
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert "replicas" not in deployment["spec"]
+    assert any(o["kind"] == "HorizontalPodAutoscaler" for o in objects)
