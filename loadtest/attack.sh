@@ -11,7 +11,8 @@
 #   TARGET       known-key | random | batch (default known-key; see targets.sh)
 #   RATES        comma-separated requests/s (default 1000,5000,10000,20000)
 #   DURATION     seconds per step (default 10)
-#   CONNECTIONS  concurrent connections (default 64)
+#   CONNECTIONS  connections per target host (default 64); the rate is held whatever
+#                the answers take (open model: vegeta gets no -max-workers)
 #   LABEL        name of this series in results and plots (default: TARGET)
 #   OUT          results folder (default target/loadtest/LABEL)
 #   ENGINE       auto | vegeta | oha (default auto)
@@ -52,8 +53,10 @@ IFS=',' read -ra rates <<<"$RATES"
 for rate in "${rates[@]}"; do
     step="$OUT/step-$rate"
     if [[ $ENGINE == vegeta ]]; then
+        # No -max-workers: capping workers would make the attack wait for answers
+        # (a closed model) instead of holding the rate (the open model the ladder measures).
         "${pin[@]}" vegeta attack -targets="$OUT/targets.txt" -rate="$rate" -duration="${DURATION}s" \
-            -timeout=5s -max-workers="$CONNECTIONS" >"$step.bin"
+            -timeout=5s -connections="$CONNECTIONS" >"$step.bin"
         vegeta report <"$step.bin" | tee "$step.txt" >&2
         vegeta report -type=json <"$step.bin" >"$step.json"
         python3 "$here/lib/results.py" vegeta "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
@@ -69,5 +72,6 @@ done
 python3 "$here/lib/results.py" table "$summary" | tee "$OUT/summary.md"
 if [[ $ENGINE == vegeta ]]; then
     # vegeta's own HTML latency plot of the whole ladder.
-    cat "$OUT"/step-*.bin | vegeta plot --title "$LABEL" >"$OUT/plot.html"
+    # vegeta plot takes result files as arguments (a concatenated stream is not one).
+    vegeta plot --title "$LABEL" "$OUT"/step-*.bin >"$OUT/plot.html"
 fi

@@ -23,6 +23,7 @@ fi
 
 api_image="$IMAGE_REGISTRY/read-api:$IMAGE_TAG"
 stunnel_image="$IMAGE_REGISTRY/read-api-stunnel:$IMAGE_TAG"
+vegeta_image="$IMAGE_REGISTRY/read-api-vegeta:$IMAGE_TAG"
 
 case $IMAGE_BUILD in
     source) containerfile=api/Containerfile ;;
@@ -37,9 +38,12 @@ echo "images: building $api_image from $containerfile"
 "$CONTAINER_TOOL" build -f "$containerfile" -t "$api_image" .
 echo "images: building $stunnel_image"
 "$CONTAINER_TOOL" build -f deploy/images/stunnel/Containerfile -t "$stunnel_image" deploy/images/stunnel
+echo "images: building $vegeta_image (for make loadtest-cluster)"
+"$CONTAINER_TOOL" build -f loadtest/k8s/vegeta/Containerfile -t "$vegeta_image" loadtest/k8s/vegeta
 
 if [[ -n ${PUSH:-} ]]; then
     "$CONTAINER_TOOL" push "$api_image"
     "$CONTAINER_TOOL" push "$stunnel_image"
+    "$CONTAINER_TOOL" push "$vegeta_image"
 fi
 "$CONTAINER_TOOL" images --filter "reference=$IMAGE_REGISTRY/read-api*"
