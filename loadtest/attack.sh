@@ -29,49 +29,53 @@ LABEL=${LABEL:-$TARGET}
 OUT=${OUT:-$here/../target/loadtest/$LABEL}
 ENGINE=${ENGINE:-auto}
 
-if [[ $ENGINE == auto ]]; then
-    if command -v vegeta >/dev/null; then ENGINE=vegeta; else ENGINE=oha; fi
-fi
-case $ENGINE in
-    vegeta) command -v vegeta >/dev/null || { echo "attack: ENGINE=vegeta but vegeta is not on PATH" >&2; exit 1; } ;;
-    oha)
-        "$here/install-oha.sh"
-        export PATH="$HOME/.cargo/bin:$PATH"
-        ;;
-    *) echo "attack: ENGINE must be auto, vegeta or oha, not '$ENGINE'" >&2; exit 2 ;;
-esac
-pin=()
-[[ -n ${LOAD_CPUS:-} ]] && pin=(taskset -c "$LOAD_CPUS")
-
-mkdir -p "$OUT"
-"$here/targets.sh" "$TARGET" "$BASE_URL" >"$OUT/targets.txt"
-summary="$OUT/summary.jsonl"
-: >"$summary"
-echo "attack: engine=$ENGINE target=$TARGET base=$BASE_URL rates=$RATES duration=${DURATION}s -> $OUT" >&2
-
-IFS=',' read -ra rates <<<"$RATES"
-for rate in "${rates[@]}"; do
-    step="$OUT/step-$rate"
-    if [[ $ENGINE == vegeta ]]; then
-        # No -max-workers: capping workers would make the attack wait for answers
-        # (a closed model) instead of holding the rate (the open model the ladder measures).
-        "${pin[@]}" vegeta attack -targets="$OUT/targets.txt" -rate="$rate" -duration="${DURATION}s" \
-            -timeout=5s -connections="$CONNECTIONS" >"$step.bin"
-        vegeta report <"$step.bin" | tee "$step.txt" >&2
-        vegeta report -type=json <"$step.bin" >"$step.json"
-        python3 "$here/lib/results.py" vegeta "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
-    else
-        sed 's/^GET //' "$OUT/targets.txt" >"$OUT/urls.txt"
-        "${pin[@]}" oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNECTIONS" \
-            -t 5s --latency-correction --urls-from-file "$OUT/urls.txt" >"$step.json"
-        python3 "$here/lib/results.py" oha "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+main() {
+    if [[ $ENGINE == auto ]]; then
+        if command -v vegeta >/dev/null; then ENGINE=vegeta; else ENGINE=oha; fi
     fi
-    tail -n 1 "$summary" >&2
-done
+    case $ENGINE in
+        vegeta) command -v vegeta >/dev/null || { echo "attack: ENGINE=vegeta but vegeta is not on PATH" >&2; exit 1; } ;;
+        oha)
+            "$here/install-oha.sh"
+            export PATH="$HOME/.cargo/bin:$PATH"
+            ;;
+        *) echo "attack: ENGINE must be auto, vegeta or oha, not '$ENGINE'" >&2; exit 2 ;;
+    esac
+    pin=()
+    [[ -n ${LOAD_CPUS:-} ]] && pin=(taskset -c "$LOAD_CPUS")
 
-python3 "$here/lib/results.py" table "$summary" | tee "$OUT/summary.md"
-if [[ $ENGINE == vegeta ]]; then
-    # vegeta's own HTML latency plot of the whole ladder.
-    # vegeta plot takes result files as arguments (a concatenated stream is not one).
-    vegeta plot --title "$LABEL" "$OUT"/step-*.bin >"$OUT/plot.html"
-fi
+    mkdir -p "$OUT"
+    "$here/targets.sh" "$TARGET" "$BASE_URL" >"$OUT/targets.txt"
+    summary="$OUT/summary.jsonl"
+    : >"$summary"
+    echo "attack: engine=$ENGINE target=$TARGET base=$BASE_URL rates=$RATES duration=${DURATION}s -> $OUT" >&2
+
+    IFS=',' read -ra rates <<<"$RATES"
+    for rate in "${rates[@]}"; do
+        step="$OUT/step-$rate"
+        if [[ $ENGINE == vegeta ]]; then
+            # No -max-workers: capping workers would make the attack wait for answers
+            # (a closed model) instead of holding the rate (the open model the ladder measures).
+            "${pin[@]}" vegeta attack -targets="$OUT/targets.txt" -rate="$rate" -duration="${DURATION}s" \
+                -timeout=5s -connections="$CONNECTIONS" >"$step.bin"
+            vegeta report <"$step.bin" | tee "$step.txt" >&2
+            vegeta report -type=json <"$step.bin" >"$step.json"
+            python3 "$here/lib/results.py" vegeta "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+        else
+            sed 's/^GET //' "$OUT/targets.txt" >"$OUT/urls.txt"
+            "${pin[@]}" oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNECTIONS" \
+                -t 5s --latency-correction --urls-from-file "$OUT/urls.txt" >"$step.json"
+            python3 "$here/lib/results.py" oha "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+        fi
+        tail -n 1 "$summary" >&2
+    done
+
+    python3 "$here/lib/results.py" table "$summary" | tee "$OUT/summary.md"
+    if [[ $ENGINE == vegeta ]]; then
+        # vegeta's own HTML latency plot of the whole ladder.
+        # vegeta plot takes result files as arguments (a concatenated stream is not one).
+        vegeta plot --title "$LABEL" "$OUT"/step-*.bin >"$OUT/plot.html"
+    fi
+}
+
+main "$@"

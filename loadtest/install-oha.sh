@@ -4,8 +4,12 @@
 set -euo pipefail
 
 OHA_VERSION=${OHA_VERSION:-1.16.0}
-if command -v oha >/dev/null 2>&1 || [[ -x $HOME/.cargo/bin/oha ]]; then
-    exit 0
-fi
-echo "install-oha: cargo install oha $OHA_VERSION (compiles for about 6 minutes, once)" >&2
-cargo install --locked --quiet oha --version "$OHA_VERSION"
+main() {
+    if command -v oha >/dev/null 2>&1 || [[ -x $HOME/.cargo/bin/oha ]]; then
+        exit 0
+    fi
+    echo "install-oha: cargo install oha $OHA_VERSION (compiles for about 6 minutes, once)" >&2
+    cargo install --locked --quiet oha --version "$OHA_VERSION"
+}
+
+main "$@"

@@ -21,12 +21,16 @@ commands() {
     }'
 }
 
-case $SEED_VIA in
-    local) commands | "$repo/scripts/local-topology.sh" master-cli --pipe ;;
-    cluster)
-        commands | kubectl -n "$NAMESPACE" exec -i statefulset/redis-master -c redis -- \
-            sh -c 'redis-cli --tls --cacert /etc/redis/tls/ca.crt -h localhost -p 6380 --pipe'
-        ;;
-    *) echo "seed-keys: SEED_VIA must be local or cluster, not '$SEED_VIA'" >&2; exit 2 ;;
-esac
-echo "seed-keys: wrote $KEYSPACE keys of $VALUE_BYTES bytes and known-key through the master" >&2
+main() {
+    case $SEED_VIA in
+        local) commands | "$repo/scripts/local-topology.sh" master-cli --pipe ;;
+        cluster)
+            commands | kubectl -n "$NAMESPACE" exec -i statefulset/redis-master -c redis -- \
+                sh -c 'redis-cli --tls --cacert /etc/redis/tls/ca.crt -h localhost -p 6380 --pipe'
+            ;;
+        *) echo "seed-keys: SEED_VIA must be local or cluster, not '$SEED_VIA'" >&2; exit 2 ;;
+    esac
+    echo "seed-keys: wrote $KEYSPACE keys of $VALUE_BYTES bytes and known-key through the master" >&2
+}
+
+main "$@"

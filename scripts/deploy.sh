@@ -162,17 +162,21 @@ seed() {
     fi
 }
 
-case ${1:-} in
-    render) render "${2:-}" ;;
-    master) deploy_master ;;
-    master-secret) master_secret ;;
-    sidecar | central) deploy_api "$1" ;;
-    undeploy) undeploy ;;
-    port-forward) port_forward ;;
-    smoke) smoke ;;
-    seed)
-        [[ $# -eq 3 && -n $2 ]] || die "usage: $0 seed KEY VALUE"
-        seed "$2" "$3"
-        ;;
-    *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|undeploy|port-forward|smoke|seed KEY VALUE" ;;
-esac
+main() {
+    case ${1:-} in
+        render) render "${2:-}" ;;
+        master) deploy_master ;;
+        master-secret) master_secret ;;
+        sidecar | central) deploy_api "$1" ;;
+        undeploy) undeploy ;;
+        port-forward) port_forward ;;
+        smoke) smoke ;;
+        seed)
+            [[ $# -eq 3 && -n $2 ]] || die "usage: $0 seed KEY VALUE"
+            seed "$2" "$3"
+            ;;
+        *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|undeploy|port-forward|smoke|seed KEY VALUE" ;;
+    esac
+}
+
+main "$@"

@@ -34,28 +34,32 @@ package_for() {
     esac
 }
 
-missing=()
-for cmd in "$@"; do
-    if [[ $cmd == pkg:* ]]; then
-        dpkg -s "${cmd#pkg:}" >/dev/null 2>&1 || missing+=("${cmd#pkg:}")
-    elif ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x /usr/sbin/$cmd ]]; then
-        missing+=("$(package_for "$cmd")")
-    fi
-done
-((${#missing[@]})) || exit 0
+main() {
+    missing=()
+    for cmd in "$@"; do
+        if [[ $cmd == pkg:* ]]; then
+            dpkg -s "${cmd#pkg:}" >/dev/null 2>&1 || missing+=("${cmd#pkg:}")
+        elif ! command -v "$cmd" >/dev/null 2>&1 && ! [[ -x /usr/sbin/$cmd ]]; then
+            missing+=("$(package_for "$cmd")")
+        fi
+    done
+    ((${#missing[@]})) || exit 0
 
-mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-if [[ $(id -u) -eq 0 ]]; then
-    sudo=()
-elif command -v sudo >/dev/null 2>&1; then
-    sudo=(sudo)
-else
-    echo "install-deps: missing Debian packages: ${missing[*]}; install them as root: apt-get install ${missing[*]}" >&2
-    exit 1
-fi
-echo "install-deps: installing ${missing[*]} (apt-get)"
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -qq
-# Services are started by the scripts that need them, never by the package.
-"${sudo[@]}" env RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "install-deps: done"
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    if [[ $(id -u) -eq 0 ]]; then
+        sudo=()
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    else
+        echo "install-deps: missing Debian packages: ${missing[*]}; install them as root: apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    # Services are started by the scripts that need them, never by the package.
+    "${sudo[@]}" env RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    echo "install-deps: done"
+}
+
+main "$@"

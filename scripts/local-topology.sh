@@ -210,16 +210,20 @@ status() {
     done
 }
 
-case ${1:-} in
-    up) up ;;
-    down) down ;;
-    status) status ;;
-    seed)
-        [[ $# -eq 3 ]] || die "usage: $0 seed KEY VALUE"
-        passwords
-        master_cli SET "$2" "$3" >/dev/null
-        say "wrote $2 through the master"
-        ;;
-    master-cli) shift; passwords; master_cli "$@" ;;
-    *) die "usage: $0 up|down|status|seed KEY VALUE|master-cli ARGS..." ;;
-esac
+main() {
+    case ${1:-} in
+        up) up ;;
+        down) down ;;
+        status) status ;;
+        seed)
+            [[ $# -eq 3 ]] || die "usage: $0 seed KEY VALUE"
+            passwords
+            master_cli SET "$2" "$3" >/dev/null
+            say "wrote $2 through the master"
+            ;;
+        master-cli) shift; passwords; master_cli "$@" ;;
+        *) die "usage: $0 up|down|status|seed KEY VALUE|master-cli ARGS..." ;;
+    esac
+}
+
+main "$@"

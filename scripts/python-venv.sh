@@ -7,17 +7,21 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="$repo/.venv"
 requirements="$repo/deploy/tests/requirements.txt"
 stamp="$venv/.requirements.sha256"
-want=$(sha256sum "$requirements" | cut -d' ' -f1)
+main() {
+    want=$(sha256sum "$requirements" | cut -d' ' -f1)
 
-if [[ -x $venv/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
-    exit 0
-fi
-command -v python3 >/dev/null || "$repo/scripts/install-deps.sh" python3
-# Debian's python3 creates virtual environments only with python3-venv.
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    "$repo/scripts/install-deps.sh" pkg:python3-venv
-fi
-echo "python-venv: creating $venv"
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-echo "$want" >"$stamp"
+    if [[ -x $venv/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
+        exit 0
+    fi
+    command -v python3 >/dev/null || "$repo/scripts/install-deps.sh" python3
+    # Debian's python3 creates virtual environments only with python3-venv.
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        "$repo/scripts/install-deps.sh" pkg:python3-venv
+    fi
+    echo "python-venv: creating $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$want" >"$stamp"
+}
+
+main "$@"

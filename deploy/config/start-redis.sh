@@ -22,19 +22,23 @@ check() {
     esac
 }
 
-umask 077
-: >"$auth"
-if [ -n "${REDIS_PASSWORD:-}" ]; then
-    check REDIS_PASSWORD "$REDIS_PASSWORD"
-    printf 'requirepass "%s"\n' "$REDIS_PASSWORD" >>"$auth"
-fi
-if [ -n "${MASTER_PASSWORD:-}" ]; then
-    check MASTER_PASSWORD "$MASTER_PASSWORD"
-    printf 'masterauth "%s"\n' "$MASTER_PASSWORD" >>"$auth"
-fi
-if [ -n "${MASTER_USER:-}" ]; then
-    check MASTER_USER "$MASTER_USER"
-    printf 'masteruser "%s"\n' "$MASTER_USER" >>"$auth"
-fi
+main() {
+    umask 077
+    : >"$auth"
+    if [ -n "${REDIS_PASSWORD:-}" ]; then
+        check REDIS_PASSWORD "$REDIS_PASSWORD"
+        printf 'requirepass "%s"\n' "$REDIS_PASSWORD" >>"$auth"
+    fi
+    if [ -n "${MASTER_PASSWORD:-}" ]; then
+        check MASTER_PASSWORD "$MASTER_PASSWORD"
+        printf 'masterauth "%s"\n' "$MASTER_PASSWORD" >>"$auth"
+    fi
+    if [ -n "${MASTER_USER:-}" ]; then
+        check MASTER_USER "$MASTER_USER"
+        printf 'masteruser "%s"\n' "$MASTER_USER" >>"$auth"
+    fi
 
-exec redis-server "$config" "$@" --include "$auth"
+    exec redis-server "$config" "$@" --include "$auth"
+}
+
+main "$@"

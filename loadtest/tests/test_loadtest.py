@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 LOADTEST = REPO / "loadtest"
@@ -281,4 +282,18 @@ def test_cluster_job_renders_and_validates(version, tmp_path):
     manifest.write_text(run(["kubectl", "kustomize", LOADTEST / "k8s"]).stdout)
     run([REPO / ".venv/bin/kubernetes-validate", "--strict", "-k", version, "--quiet", manifest])
     text = manifest.read_text()
-    assert "completionMode: Indexed" in text and "image: docker.io/peterevans/vegeta:6.9.1" in text
+    assert "completionMode: Indexed" in text and "image: localhost/read-api-vegeta:" in text
+    assert "max-workers" not in text, "a worker cap turns the open-model attack into a closed one"
+
+
+def test_cluster_step_renders_the_rate_pods_and_image_of_the_step():
+    step = REPO / "target/loadtest-cluster/test/step-3000"
+    step.mkdir(parents=True, exist_ok=True)
+    (step / "targets.txt").write_text("GET http://read-api/v1/keys/known-key\n")
+    fields = ["NAMESPACE=team-a", "IMAGE_REGISTRY=reg.example/t", "IMAGE_TAG=9", "PODS=3", "per_pod=1000", "DURATION=7"]
+    bench.render(LOADTEST / "templates/cluster-step.kustomization.yaml", step / "kustomization.yaml", fields)
+    job = next(d for d in yaml.safe_load_all(run(["kubectl", "kustomize", step]).stdout) if d["kind"] == "Job")
+    assert (job["metadata"]["namespace"], job["spec"]["parallelism"], job["spec"]["completions"]) == ("team-a", 3, 3)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "reg.example/t/read-api-vegeta:9"
+    assert [e["value"] for e in container["env"][:2]] == ["1000", "7s"]
