@@ -138,7 +138,7 @@ up() {
     say "starting the TLS master on localhost:$MASTER_PORT"
     mkdir -p "$STATE_DIR/master"
     REDIS_PASSWORD=$MASTER_PASSWORD REDIS_RUN_DIR="$STATE_DIR/run/master" start master \
-        sh "$config/start-redis.sh" "$config/redis-master.conf" \
+        sh "$config/redis-start/start-redis.sh" "$config/redis-master/redis-master.conf" \
         --tls-port "$MASTER_PORT" --bind 127.0.0.1 --dir "$STATE_DIR/master" \
         --tls-cert-file "$certs/master.crt" --tls-key-file "$certs/master.key" \
         --tls-ca-cert-file "$certs/ca.crt"
@@ -149,14 +149,14 @@ up() {
         say "starting the stunnel client on 127.0.0.1:$STUNNEL_PORT -> localhost:$MASTER_PORT"
         MASTER_HOST=localhost MASTER_PORT=$MASTER_PORT STUNNEL_CA_FILE="$trust" \
             STUNNEL_ACCEPT="127.0.0.1:$STUNNEL_PORT" STUNNEL_RUN_DIR="$STATE_DIR/run/stunnel" \
-            start stunnel sh "$config/start-stunnel.sh" "$config/stunnel.conf"
+            start stunnel sh "$config/stunnel/start-stunnel.sh" "$config/stunnel/stunnel.conf"
         wait_port stunnel "$STUNNEL_PORT"
 
         say "starting the replica on 127.0.0.1:$REPLICA_PORT"
         mkdir -p "$STATE_DIR/replica"
         REDIS_PASSWORD=$REPLICA_PASSWORD MASTER_PASSWORD=$MASTER_PASSWORD \
             REDIS_RUN_DIR="$STATE_DIR/run/replica" start replica \
-            sh "$config/start-redis.sh" "$config/redis-replica.conf" \
+            sh "$config/redis-start/start-redis.sh" "$config/redis-replica/redis-replica.conf" \
             --port "$REPLICA_PORT" --replicaof 127.0.0.1 "$STUNNEL_PORT" \
             --unixsocket "$STATE_DIR/run/replica.sock" --dir "$STATE_DIR/replica"
         wait_port replica "$REPLICA_PORT"

@@ -113,15 +113,27 @@ def test_the_validator_rejects_an_unknown_field(tmp_path):
     assert result.returncode != 0, "strict validation must catch a misspelt field"
 
 
-def test_config_maps_carry_the_same_files_the_local_scripts_use():
-    for target, prefix, files in [
-        ("overlays/sidecar", "redis-replica-config", ["redis-replica.conf", "start-redis.sh"]),
-        ("overlays/sidecar", "stunnel-config", ["stunnel.conf", "start-stunnel.sh"]),
-        ("master", "redis-master-config", ["redis-master.conf", "start-redis.sh"]),
-    ]:
+# Each render carries the ConfigMaps its pods use, and no other.
+CONFIG_MAPS = {
+    "overlays/sidecar": {
+        "redis-start": "redis-start/start-redis.sh",
+        "redis-replica-config": "redis-replica/redis-replica.conf",
+        "stunnel-config": "stunnel/stunnel.conf stunnel/start-stunnel.sh",
+    },
+    "master": {"redis-start": "redis-start/start-redis.sh", "redis-master-config": "redis-master/redis-master.conf"},
+    "overlays/central": {},
+}
+
+
+@pytest.mark.parametrize("target", CONFIG_MAPS)
+def test_config_maps_carry_the_same_files_the_local_scripts_use(target):
+    rendered = {o["metadata"]["name"].rsplit("-", 1)[0] for o in objects(target) if o["kind"] == "ConfigMap"}
+    assert rendered == set(CONFIG_MAPS[target]), f"{target} renders ConfigMaps {rendered}"
+    for prefix, files in CONFIG_MAPS[target].items():
         data = config_map(target, prefix)["data"]
-        for name in files:
-            assert data[name] == (CONFIG / name).read_text(), f"{prefix}/{name} differs from deploy/config/{name}"
+        for path in files.split():
+            name = path.split("/")[-1]
+            assert data[name] == (CONFIG / path).read_text(), f"{prefix}/{name} differs from deploy/config/{path}"
 
 
 # --- the sidecar pod -------------------------------------------------------

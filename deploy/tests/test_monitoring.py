@@ -385,7 +385,7 @@ def test_the_replica_exporter_reads_the_pod_local_replica(rendered):
     # Appended after the API, so components that move containers by index still find theirs.
     assert [c["name"] for c in spec["containers"]] == ["api", "redis-exporter"]
     exporter = container(spec, "redis-exporter")
-    replica = config_file("redis-replica.conf")
+    replica = config_file("redis-replica/redis-replica.conf")
     assert flags(exporter)["redis.addr"] == f"redis://127.0.0.1:{replica['port']}"
     assert replica["bind"].split()[0] == "127.0.0.1"
     password = env(exporter)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
@@ -395,7 +395,7 @@ def test_the_replica_exporter_reads_the_pod_local_replica(rendered):
 def test_the_master_exporter_reads_the_master_over_tls_with_the_ca_only(master):
     spec = pod_spec(one(master, "StatefulSet", "redis-master"))
     exporter = container(spec, "redis-exporter")
-    conf = config_file("redis-master.conf")
+    conf = config_file("redis-master/redis-master.conf")
     assert conf["port"] == "0", "no plaintext port: the exporter must use TLS"
     assert flags(exporter)["redis.addr"] == f"rediss://localhost:{conf['tls-port']}"
     volume = mounted_file(spec, exporter, flags(exporter)["tls-ca-cert-file"])
@@ -484,7 +484,7 @@ def test_the_master_heartbeat_writes_to_its_tls_port_with_the_ca(master):
     spec = pod_spec(one(master, "StatefulSet", "redis-master"))
     heartbeat = container(spec, "heartbeat")
     args = heartbeat["args"]
-    conf = config_file("redis-master.conf")
+    conf = config_file("redis-master/redis-master.conf")
     assert "--tls" in args and args[args.index("-p") + 1] == conf["tls-port"]
     assert args[args.index("-h") + 1] == "localhost"
     volume = mounted_file(spec, heartbeat, args[args.index("--cacert") + 1])
