@@ -26,9 +26,7 @@ SECRETS = {
 
 @cache
 def render(target: str) -> str:
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY / target)], capture_output=True, text=True
-    )
+    result = subprocess.run(["kubectl", "kustomize", str(DEPLOY / target)], capture_output=True, text=True)
     assert result.returncode == 0, f"kubectl kustomize {target}: {result.stderr}"
     return result.stdout
 
@@ -60,9 +58,7 @@ def env(c: dict) -> dict[str, dict]:
 
 
 def config_map(target: str, prefix: str) -> dict:
-    found = [
-        o for o in objects(target) if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(prefix + "-")
-    ]
+    found = [o for o in objects(target) if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(prefix + "-")]
     assert len(found) == 1, f"{target}: ConfigMap {prefix}-<hash>"
     return found[0]
 
@@ -153,7 +149,9 @@ def test_replica_follows_the_master_through_stunnel():
     assert accept.startswith("127.0.0.1:"), "the tunnel's plaintext end stays inside the pod"
     stunnel_conf = config_map("overlays/sidecar", "stunnel-config")["data"]["stunnel.conf"]
     settings = dict(
-        (k.strip(), v.strip()) for k, _, v in (l.partition("=") for l in stunnel_conf.splitlines()) if _ and not k.startswith(";")
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition("=") for line in stunnel_conf.splitlines())
+        if _ and not k.startswith(";")
     )
     assert settings["client"] == "yes"
     assert settings["accept"] == "@STUNNEL_ACCEPT@"
@@ -295,9 +293,15 @@ def test_volumes_and_references_exist(target):
             for m in mounts:
                 assert m["name"] in volumes or m["name"] in claims, f"{c['name']}: no volume {m['name']}"
             # A mount inside a read-only ConfigMap or Secret mount cannot be created.
-            read_only = [m["mountPath"] for m in mounts if m["name"] in volumes and {"configMap", "secret"} & set(volumes[m["name"]])]
+            read_only = [
+                m["mountPath"]
+                for m in mounts
+                if m["name"] in volumes and {"configMap", "secret"} & set(volumes[m["name"]])
+            ]
             for m in mounts:
-                assert not any(m["mountPath"].startswith(r + "/") for r in read_only), f"{c['name']}: {m['mountPath']} nested"
+                assert not any(m["mountPath"].startswith(r + "/") for r in read_only), (
+                    f"{c['name']}: {m['mountPath']} nested"
+                )
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -374,8 +378,16 @@ def test_each_component_has_a_readme():
 
 @pytest.mark.parametrize(
     "target",
-    ["deploy-sidecar", "deploy-central", "deploy-master", "master-secret", "undeploy", "smoke", "port-forward",
-     "seed KEY=known-key VALUE=v"],
+    [
+        "deploy-sidecar",
+        "deploy-central",
+        "deploy-master",
+        "master-secret",
+        "undeploy",
+        "smoke",
+        "port-forward",
+        "seed KEY=known-key VALUE=v",
+    ],
 )
 def test_deploy_targets_say_clearly_when_there_is_no_cluster(target, tmp_path):
     result = subprocess.run(

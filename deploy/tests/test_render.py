@@ -102,7 +102,9 @@ def test_components_keep_every_object_in_the_kit_namespace(tmp_path, overlay, co
         pytest.skip(f"{component} applies to the sidecar pod only")
     for obj in user_kustomization(tmp_path, overlay, [component]):
         if obj["kind"] not in CLUSTER_SCOPED:
-            assert obj["metadata"].get("namespace") == "read-api", f"{component}: {obj['kind']}/{obj['metadata']['name']}"
+            assert obj["metadata"].get("namespace") == "read-api", (
+                f"{component}: {obj['kind']}/{obj['metadata']['name']}"
+            )
 
 
 def test_the_hpa_component_leaves_the_replica_count_to_the_hpa(tmp_path):
