@@ -14,7 +14,7 @@
 #   seed KEY VALUE        write through the master
 #
 # Settings: NAMESPACE (read-api), IMAGE_REGISTRY (localhost), IMAGE_TAG (the read-api tag in deploy/images),
-# CERTS_DIR (target/certs), ROLLOUT_TIMEOUT (180s).
+# CERTS_DIR (target/certs), ROLLOUT_TIMEOUT (300s; make size gives it for other sizes).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +23,7 @@ IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
 IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
 export NAMESPACE IMAGE_REGISTRY IMAGE_TAG
 CERTS_DIR=${CERTS_DIR:-$repo/target/certs}
-ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-180s}
+ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-300s}
 LOCAL_PORT=${LOCAL_PORT:-8080}
 k=(kubectl -n "$NAMESPACE")
 

@@ -54,8 +54,18 @@ def master(kit_network, passwords):
 
 @pytest.fixture(scope="session")
 def pods(master):
-    """deploy/overlays/sidecar played as read-api-0..2, each ready."""
-    kit.play("sidecar", "overlays/sidecar", "--publish", f"http={kit.API_PORT}", "--publish", f"admin={kit.ADMIN_PORT}")
+    """deploy/overlays/sidecar with the redis-exporter component (deploy/e2e/sidecar)
+    played as read-api-0..2, each ready."""
+    kit.play(
+        "sidecar",
+        "e2e/sidecar",
+        "--publish",
+        f"http={kit.API_PORT}",
+        "--publish",
+        f"admin={kit.ADMIN_PORT}",
+        "--publish",
+        f"redis-metrics={kit.EXPORTER_PORT}",
+    )
     pods = [kit.sidecar_pod(i) for i in range(kit.PODS)]
     try:
         for pod in pods:

@@ -23,6 +23,7 @@ WORK = REPO / "target/e2e/work"
 NETWORK = "read-api-e2e"
 MASTER_PORT = 16380  # the master's TLS port, published for the tests' writes
 API_PORT, ADMIN_PORT = 18080, 19080  # read-api-N publishes API_PORT+N and ADMIN_PORT+N
+EXPORTER_PORT = 17080  # and its replica's redis_exporter on EXPORTER_PORT+N
 PODS = 3
 # Pods played by single tests publish ports of their own.
 LATE_PORTS = (API_PORT + PODS, ADMIN_PORT + PODS)
@@ -88,12 +89,17 @@ class Api:
         status, body = self.get("/readyz", self.admin)
         return status, json.loads(body)
 
-    def metric(self, name):
-        _, text = self.get("/metrics", self.admin)
+    def metric(self, name, port=None):
+        """The value of the first sample whose name and labels start with NAME."""
+        _, text = self.get("/metrics", port or self.admin)
         for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+            if line.startswith((name + " ", name + "{")):
+                return float(line.rsplit(" ", 1)[1])
         return None
+
+    def exporter_metric(self, name):
+        """A metric of the redis_exporter beside this pod's replica."""
+        return self.metric(name, EXPORTER_PORT + int(self.name.rsplit("-", 1)[1]))
 
 
 def sidecar_pod(index):

@@ -10,7 +10,8 @@ Every change is something podman lacks, never a change of what the pods run
 - A volumeClaimTemplate becomes a directory under --volume-dir, owned by the
   pod's fsGroup, mounted as hostPath: podman 4.3 applies no fsGroup to volumes.
 - Ports named with --publish NAME=PORT get hostPort PORT + replica index on
-  127.0.0.1.
+  127.0.0.1; the others are dropped (podman 4.3 would publish each on the
+  host's same port), and probes on named ports get the numbers.
 - Secrets cannot be read by podman 4.3: secretKeyRef becomes configMapKeyRef
   and secret volumes become configMap volumes, with the same names and keys
   (the e2e runner creates those ConfigMaps).
@@ -102,6 +103,24 @@ def publish(spec, ports, index):
                 port["hostIP"] = "127.0.0.1"
 
 
+def unpublish_the_rest(spec):
+    """podman 4.3 publishes every containerPort without a hostPort on the host's
+    same port, so two pods with one port collide: probes get numbers for named
+    ports, and ports not asked for are dropped (pods reach each other by IP)."""
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        numbers = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            for action in ("httpGet", "tcpSocket"):
+                target = container.get(probe, {}).get(action)
+                if target and isinstance(target.get("port"), str):
+                    target["port"] = numbers[target["port"]]
+        kept = [p for p in container.get("ports", []) if "hostPort" in p]
+        if kept:
+            container["ports"] = kept
+        else:
+            container.pop("ports", None)
+
+
 def pods_of(workload, ports, renames, volume_dir):
     name = renames.get(workload["metadata"]["name"], workload["metadata"]["name"])
     replicas = workload["spec"].get("replicas", 1)
@@ -111,6 +130,7 @@ def pods_of(workload, ports, renames, volume_dir):
         pod_name = name if workload["kind"] == "StatefulSet" and replicas == 1 else f"{name}-{index}"
         spec = copy.deepcopy(template["spec"])
         publish(spec, ports, index)
+        unpublish_the_rest(spec)
         for claim in claims:
             if not volume_dir:
                 raise SystemExit("podmanize: a StatefulSet with volumeClaimTemplates needs --volume-dir")

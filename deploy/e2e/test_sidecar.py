@@ -63,20 +63,39 @@ def test_readiness_gates_on_the_first_sync(master, pods, summary):
     summary("read-api-late-0 answered 503 replica_not_synced during its first sync, then 200")
 
 
+HEARTBEAT_AGE = "read_api_replica_heartbeat_age_seconds"
+FRESH = 5  # seconds: the heartbeat writer's period plus the API's poll, with room
+
+
+def fresh(pod):
+    return 0 <= pod.metric(HEARTBEAT_AGE) < FRESH
+
+
 def test_master_outage(master, pods, summary):
     master.set("known-key", "before the outage")
     for pod in pods:
-        kit.wait_for(
-            f"{pod.name} to see the last write", lambda pod=pod: pod.value("known-key") == "before the outage", 10
-        )
+        kit.wait_for(f"{pod.name} to see the last write", lambda p=pod: p.value("known-key") == "before the outage", 10)
+        kit.wait_for(f"{pod.name}'s heartbeat age under {FRESH} s", lambda p=pod: fresh(p), 30)
+        assert pod.exporter_metric("redis_master_link_up") == 1, f"{pod.name}: its exporter sees no master link"
+    memory = pods[0].exporter_metric("redis_memory_used_bytes")
+    assert memory and memory > 0, f"the exporter reports no replica memory: {memory}"
     # As Kubernetes would: SIGTERM and time to shut down while the pod's network
     # stays up (stopping the whole podman pod would tear the network down first).
     kit.podman("stop", "-t", "20", "redis-master-redis")
     try:
         for pod in pods:
             kit.wait_for(
-                f"{pod.name} to report the link down", lambda pod=pod: pod.metric("read_api_replica_link_up") == 0, 30
+                f"{pod.name} to report the link down", lambda p=pod: p.metric("read_api_replica_link_up") == 0, 30
             )
+            kit.wait_for(
+                f"{pod.name}'s exporter to see the link down",
+                lambda p=pod: p.exporter_metric("redis_master_link_up") == 0,
+                30,
+            )
+            kit.wait_for(
+                f"{pod.name}'s heartbeat age past {FRESH} s", lambda p=pod: p.metric(HEARTBEAT_AGE) > FRESH, 30
+            )
+        stale = min(pod.metric(HEARTBEAT_AGE) for pod in pods)
         for _ in range(20):
             for pod in pods:
                 status, body = pod.get("/v1/keys/known-key")
@@ -90,10 +109,14 @@ def test_master_outage(master, pods, summary):
         kit.wait_for("the master to come back", master.ping, 60, every=0.5)
     master.set("known-key", "after the outage")
     for pod in pods:
-        kit.wait_for(
-            f"{pod.name} to get the new write", lambda pod=pod: pod.value("known-key") == "after the outage", 60
-        )
-    summary("all pods kept answering 200 with the last value, /metrics showed the link down, new writes arrived after")
+        kit.wait_for(f"{pod.name} to get the new write", lambda p=pod: p.value("known-key") == "after the outage", 60)
+        kit.wait_for(f"{pod.name}'s heartbeat age back under {FRESH} s", lambda p=pod: fresh(p), 60)
+        assert pod.exporter_metric("redis_master_link_up") == 1, f"{pod.name}: its exporter still sees the link down"
+    summary(
+        "every pod kept answering 200 with the last value and /metrics showed the link down; new writes arrived "
+        f"after; heartbeat age rose past {stale:.0f} s and fell back under {FRESH} s; each exporter showed the link "
+        f"down and up, and {memory / 2**20:.1f} MiB of replica memory"
+    )
 
 
 def test_tunnel_loss(master, pods, summary):

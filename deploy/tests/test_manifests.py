@@ -213,7 +213,9 @@ def test_in_cluster_master_is_tls_only_with_a_secret_password_and_a_volume():
     assert [p["port"] for p in service["spec"]["ports"]] == [int(conf["tls-port"])]
     redis = container(pod_spec(master), "redis")
     assert env(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-master"
-    assert conf["appendonly"] == "yes"
+    # Snapshots keep the replication ID across a restart (an AOF would not): replicas resume partially.
+    assert conf["appendonly"] == "no" and conf["save"]
+    assert conf["client-output-buffer-limit"] == "replica 256mb 0 0"
     data = next(m for m in redis["volumeMounts"] if m["name"] == "data")
     assert data["mountPath"] == redis["workingDir"]
     assert [t["metadata"]["name"] for t in master["spec"]["volumeClaimTemplates"]] == ["data"]
