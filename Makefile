@@ -197,7 +197,13 @@ e2e-preflight: venv ## Check that podman can start pods here and that pods resol
 .PHONY: e2e
 e2e: e2e-preflight ## Play the rendered manifests on podman and check failures end to end (E2E_ARGS='-k outage' selects).
 	@$(E2E_ENV) deploy/e2e/build-images.sh
-	@$(E2E_ENV) .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e
+	@$(E2E_ENV) .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) --ignore=deploy/e2e/scale deploy/e2e
+
+.PHONY: scale
+scale: e2e-preflight ## The kit at size on podman: PODS (8) sidecar pods, DATASET_MB (256) of data, WRITES_PER_S (50); target/scale/report.md.
+	@$(E2E_ENV) deploy/e2e/build-images.sh
+	@$(E2E_ENV) PODS=$(or $(PODS),8) DATASET_MB=$(or $(DATASET_MB),256) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
+		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale
 
 .PHONY: e2e-down
 e2e-down: venv ## Remove the e2e pods, network and volumes (after E2E_KEEP=1 make e2e).

@@ -87,20 +87,14 @@ def summary(request):
     return record
 
 
-_results = []
-
-
 def pytest_runtest_logreport(report):
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         detail = dict(report.user_properties).get("summary", "")
         if report.failed:
             detail = str(report.longrepr).strip().splitlines()[-1][:200]
-        _results.append((report.nodeid.split("::")[-1], report.outcome.upper(), report.duration, detail))
+        kit.RESULTS.append((report.nodeid.split("::")[-1], report.outcome.upper(), report.duration, detail))
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _results:
-        return
-    terminalreporter.write_line("\n| check | result | seconds | detail |\n| --- | --- | ---: | --- |")
-    for name, outcome, seconds, detail in _results:
-        terminalreporter.write_line(f"| {name} | {outcome} | {seconds:.1f} | {detail} |")
+    if kit.RESULTS:
+        terminalreporter.write_line("\n" + kit.results_table())

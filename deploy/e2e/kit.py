@@ -40,6 +40,16 @@ TRANSIENT = (
 )
 
 
+# (test, outcome, seconds, one line of figures) of each test run, for the summary table.
+RESULTS = []
+
+
+def results_table():
+    lines = ["| check | result | seconds | detail |", "| --- | --- | ---: | --- |"]
+    lines += [f"| {name} | {outcome} | {seconds:.1f} | {detail} |" for name, outcome, seconds, detail in RESULTS]
+    return "\n".join(lines)
+
+
 def sh(*args, check=True, input=None, timeout=300):
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, input=input, timeout=timeout)
     if check and result.returncode != 0:
@@ -162,7 +172,7 @@ def secret_config_maps(master_password, replica_password):
 
 def play(name, target, *options):
     """Renders deploy/TARGET, adapts it with podmanize.py, and plays it on the e2e network."""
-    rendered = sh("kubectl", "kustomize", REPO / "deploy" / target).stdout
+    rendered = sh("kubectl", "kustomize", REPO / "deploy" / target).stdout  # an absolute target stays as it is
     manifest = WORK / f"{name}.yaml"
     options += ("--config", WORK / "secrets.yaml", "--volume-dir", WORK / "volumes")
     manifest.write_text(sh(sys.executable, E2E / "podmanize.py", *options, input=rendered).stdout)

@@ -1,0 +1,122 @@
+"""make scale: the kit at size on podman, with the limits the manifests declare.
+
+A master holding DATASET_MB of data, sized by make size for that data set
+and PODS pods, and the sidecar pods played from the rendered overlay with the
+same sizing component. The e2e's fixtures (network, certificates, Secrets as
+ConfigMaps) are reused; the master is replaced by the sized, seeded one. The
+run ends with target/scale/report.md: the settings used and one line of
+figures per scenario.
+"""
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import kit
+import pytest
+import yaml
+
+sys.path.insert(0, str(kit.REPO / "scripts"))
+import size  # noqa: E402
+
+PODS = int(os.environ.get("PODS", "8"))
+DATASET_MB = int(os.environ.get("DATASET_MB", "256"))
+WRITES_PER_S = int(os.environ.get("WRITES_PER_S", "50"))
+EGRESS_MBPS = 1000
+OUT = kit.REPO / "target/scale"
+VALUE_BYTES = 1000
+
+
+def render_dir(name, base, sizing):
+    """A kustomization of deploy/BASE with the sizing component, as a user would apply it."""
+    path = OUT / "render" / name
+    path.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "resources": [os.path.relpath(kit.REPO / "deploy" / base, path)],
+        "components": [os.path.relpath(sizing, path)],
+    }
+    (path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sizing():
+    """What make size says for DATASET_MB and PODS, as a component and as figures."""
+    component = OUT / "size"
+    figures = size.main(
+        [
+            "--dataset",
+            f"{DATASET_MB}Mi",
+            "--pods",
+            str(PODS),
+            "--egress-mbps",
+            str(EGRESS_MBPS),
+            "--out",
+            str(component),
+        ]
+    )
+    return {
+        "figures": figures,
+        "sidecar": render_dir("sidecar", "overlays/sidecar", component),
+        "master": render_dir("master", "master", component),
+    }
+
+
+def seed(client, megabytes):
+    """Writes 1000-byte values until the master's used_memory reaches MEGABYTES MiB."""
+    value, key, target = "v" * VALUE_BYTES, 0, megabytes * 2**20
+    while int(client.info("memory")["used_memory"]) < target:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(16):
+            pipe.mset({f"data:{key + i}": value for i in range(500)})
+            key += 500
+        pipe.execute()
+    return key
+
+
+@pytest.fixture(scope="session")
+def master(kit_network, passwords, sizing):
+    """The sized master (deploy/master with the make size component), seeded with DATASET_MB."""
+    kit.play("master", sizing["master"], "--publish", f"redis-tls={kit.MASTER_PORT}")
+    client = kit.master_client(passwords["master"])
+    kit.wait_for("the master's TLS port", client.ping, 60, every=0.5)
+    started = time.monotonic()
+    keys = seed(client, DATASET_MB)
+    used = int(client.info("memory")["used_memory"])
+    REPORT["seed"] = (
+        f"{keys} keys of {VALUE_BYTES} bytes, used_memory {used / 2**20:.0f} MiB, in {time.monotonic() - started:.0f} s"
+    )
+    yield client
+    client.close()
+
+
+REPORT = {}
+
+
+def pytest_sessionfinish(session):
+    if not kit.RESULTS:
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    figures = size.size(DATASET_MB * 2**20, PODS, EGRESS_MBPS, 0.2)
+    lines = [
+        "# make scale",
+        "",
+        f"Machine: {platform.node()} {os.cpu_count()} CPUs. {PODS} sidecar pods, {DATASET_MB} MiB of data "
+        f"({REPORT.get('seed', 'not seeded')}), {WRITES_PER_S} writes/s during the scenarios.",
+        "",
+        f"Settings from `make size DATASET={DATASET_MB}Mi PODS={PODS} EGRESS_MBPS={EGRESS_MBPS}`, "
+        "applied as a component:",
+        "",
+        size.table(figures, EGRESS_MBPS),
+        "",
+        "Scenarios:",
+        "",
+        kit.results_table(),
+        "",
+    ]
+    if "probes" in REPORT:
+        lines += ["Probe contract (what each probe answered in each replica state):", "", REPORT["probes"], ""]
+    (OUT / "report.md").write_text("\n".join(lines))
+    print(f"\nscale: wrote {Path(OUT / 'report.md').relative_to(kit.REPO)}")
