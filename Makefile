@@ -57,7 +57,7 @@ lint-python: venv ## ruff: lint and format check of every tracked Python file (r
 	.venv/bin/ruff format --check .
 
 .PHONY: test
-test: deps lint test-manifests test-rust test-loadtest e2e ## Run every test: lint, manifests, Rust tests against real Redis and stunnel, the load-test kit, e2e on podman.
+test: deps lint test-manifests test-rust test-loadtest e2e test-scale ## Run every test: lint, manifests, Rust tests on real Redis and stunnel, the load-test kit, e2e and a small scale run on podman.
 
 .PHONY: test-rust
 test-rust: deps ## Unit and integration tests of the API and the local topology.
@@ -194,16 +194,22 @@ e2e-preflight: venv ## Check that podman can start pods here and that pods resol
 	@scripts/install-deps.sh $(PODMAN_DEPS) redis-server redis-cli stunnel4 prometheus-redis-exporter openssl
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/preflight.py
 
-.PHONY: e2e
-e2e: e2e-preflight ## Play the rendered manifests on podman and check failures end to end (E2E_ARGS='-k outage' selects).
+.PHONY: e2e-images
+e2e-images: e2e-preflight ## Build the images the manifests name, from this machine's binaries (once per make run).
 	@$(E2E_ENV) deploy/e2e/build-images.sh
+
+.PHONY: e2e
+e2e: e2e-images ## Play the rendered manifests on podman and check failures end to end (E2E_ARGS='-k outage' selects).
 	@$(E2E_ENV) .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) --ignore=deploy/e2e/scale deploy/e2e
 
 .PHONY: scale
-scale: e2e-preflight ## The kit at size on podman: PODS (8) sidecar pods, DATASET_MB (256) of data, WRITES_PER_S (50); target/scale/report.md.
-	@$(E2E_ENV) deploy/e2e/build-images.sh
+scale: e2e-images ## The kit at size on podman: PODS (8) sidecar pods, DATASET_MB (256) of data, WRITES_PER_S (50); target/scale/report.md.
 	@$(E2E_ENV) PODS=$(or $(PODS),8) DATASET_MB=$(or $(DATASET_MB),256) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
 		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale
+
+.PHONY: test-scale
+test-scale: e2e-images ## A small make scale (4 pods, 64 MiB), as make test runs it.
+	@$(E2E_ENV) PODS=4 DATASET_MB=64 WRITES_PER_S=50 .venv/bin/pytest -p no:cacheprovider -v deploy/e2e/scale
 
 .PHONY: e2e-down
 e2e-down: venv ## Remove the e2e pods, network and volumes (after E2E_KEEP=1 make e2e).
