@@ -10,6 +10,7 @@ figures per scenario.
 
 import os
 import platform
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -65,12 +66,15 @@ def sizing():
 
 
 def seed(client, megabytes):
-    """Writes 1000-byte values until the master's used_memory reaches MEGABYTES MiB."""
-    value, key, target = "v" * VALUE_BYTES, 0, megabytes * 2**20
+    """Writes 1000-byte values until the master's used_memory reaches MEGABYTES MiB.
+    The values are slices of random text: snapshots compress repeated bytes, and
+    full syncs must move the data set's real size."""
+    blob = secrets.token_urlsafe(2**20)
+    key, target = 0, megabytes * 2**20
     while int(client.info("memory")["used_memory"]) < target:
         pipe = client.pipeline(transaction=False)
         for _ in range(16):
-            pipe.mset({f"data:{key + i}": value for i in range(500)})
+            pipe.mset({f"data:{key + i}": blob[(key + i) % 1000 :][:VALUE_BYTES] for i in range(500)})
             key += 500
         pipe.execute()
     return key

@@ -217,7 +217,7 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
     master.config_set("requirepass", "not-the-password")
     try:
         master.execute_command("AUTH", "not-the-password")
-        master.client_kill_filter(_type="replica")
+        master.execute_command("CLIENT", "KILL", "TYPE", "replica")
         kit.wait_for("the link down", lambda: pod.metric("read_api_replica_link_up") == 0, 60)
         actual["master refuses the password"] = probe_results(pod, probes)
     finally:
