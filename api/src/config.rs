@@ -76,7 +76,18 @@ pub struct Settings {
     pub max_batch_keys: usize,
     pub key_prefix: String,
     pub log_format: LogFormat,
+    /// How long the public listener keeps accepting after SIGTERM, while
+    /// `/readyz` already answers 503 and load balancers catch up.
+    pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Largest value served; checked in Redis, so a larger one is never read.
+    pub max_value_bytes: usize,
+    /// Largest body of a batch answer; the values are summed in Redis first.
+    pub max_batch_response_bytes: usize,
+    /// The `Cache-Control` header of 200 and 304 answers; `None`: no header.
+    pub cache_control: Option<String>,
+    /// The key whose value is the master's clock in unix milliseconds; `None`: not read.
+    pub heartbeat_key: Option<String>,
     /// After the first sync, how long the master link may stay down before the pod
     /// stops being ready. `None`: stale reads are always preferred to no reads.
     pub ready_max_link_down: Option<Duration>,
@@ -98,12 +109,24 @@ struct RawSettings {
     max_batch_keys: Option<String>,
     key_prefix: Option<String>,
     log_format: Option<String>,
+    shutdown_delay_seconds: Option<String>,
     shutdown_grace_seconds: Option<String>,
+    max_value_bytes: Option<String>,
+    max_batch_response_bytes: Option<String>,
+    cache_control: Option<String>,
+    heartbeat_key: Option<String>,
     ready_max_link_down_seconds: Option<String>,
     replica_poll_ms: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Revalidate every time: a write reaches the replica within milliseconds, so
+/// any freshness lifetime would serve stale values, and the ETag makes the
+/// revalidation cheap (304, no body).
+pub const DEFAULT_CACHE_CONTROL: &str = "no-cache";
+pub const DEFAULT_HEARTBEAT_KEY: &str = "read-api:heartbeat";
+/// Variables where an empty value means "off" rather than "unset".
+const EMPTY_MEANS_OFF: [&str; 2] = ["CACHE_CONTROL", "HEARTBEAT_KEY"];
 
 impl Settings {
     /// Reads and validates the process environment.
@@ -116,8 +139,10 @@ impl Settings {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         // Empty values count as unset: manifests and shells often export `VAR=`.
-        let vars: HashMap<String, String> =
-            vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, v)| !v.is_empty() || EMPTY_MEANS_OFF.contains(&k.as_str()))
+            .collect();
         let raw: RawSettings =
             envy::from_iter(vars).map_err(|e| ConfigError::new("environment", e.to_string()))?;
         Self::validate(raw)
@@ -177,12 +202,42 @@ impl Settings {
             max_batch_keys: number("MAX_BATCH_KEYS", raw.max_batch_keys, 1..=10_000, 100)?,
             key_prefix: raw.key_prefix.unwrap_or_default(),
             log_format,
+            shutdown_delay: Duration::from_secs(number(
+                "SHUTDOWN_DELAY_SECONDS",
+                raw.shutdown_delay_seconds,
+                0..=3600,
+                5,
+            )?),
             shutdown_grace: Duration::from_secs(number(
                 "SHUTDOWN_GRACE_SECONDS",
                 raw.shutdown_grace_seconds,
                 0..=3600,
                 10,
             )?),
+            // 1 MiB: values of a JSON read API are documents of kilobytes; at
+            // worst JSON escaping makes a body six times the value, and tens of
+            // such answers in flight still fit the pod's 128 MiB.
+            max_value_bytes: number(
+                "MAX_VALUE_BYTES",
+                raw.max_value_bytes,
+                1..=MAX_REDIS_STRING,
+                1 << 20,
+            )?,
+            // 8 MiB: a full batch of MAX_BATCH_KEYS values of 80 KiB; a body
+            // is held about twice while it is written (the encoded copy and
+            // the socket buffer), so a few such answers at once fit 128 MiB.
+            max_batch_response_bytes: number(
+                "MAX_BATCH_RESPONSE_BYTES",
+                raw.max_batch_response_bytes,
+                1..=MAX_REDIS_STRING,
+                8 << 20,
+            )?,
+            cache_control: cache_control(raw.cache_control)?,
+            heartbeat_key: match raw.heartbeat_key {
+                None => Some(DEFAULT_HEARTBEAT_KEY.to_owned()),
+                Some(key) if key.is_empty() => None,
+                Some(key) => Some(key),
+            },
             ready_max_link_down: raw
                 .ready_max_link_down_seconds
                 .map(|v| number("READY_MAX_LINK_DOWN_SECONDS", Some(v), 1..=86_400, 0))
@@ -196,6 +251,44 @@ impl Settings {
             )?),
         })
     }
+}
+
+/// Redis strings end at 512 MiB.
+const MAX_REDIS_STRING: usize = 512 << 20;
+
+fn cache_control(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let value = match value {
+        None => return Ok(Some(DEFAULT_CACHE_CONTROL.to_owned())),
+        Some(value) if value.trim().is_empty() => return Ok(None),
+        Some(value) => value,
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let quoted = |s: &str| {
+        s.len() >= 2
+            && s.starts_with('"')
+            && s.ends_with('"')
+            && s[1..s.len() - 1]
+                .bytes()
+                .all(|b| b == b'\t' || ((b' '..=b'~').contains(&b) && b != b'"'))
+    };
+    let valid = value.split(',').all(|directive| {
+        let directive = directive.trim();
+        match directive.split_once('=') {
+            None => token(directive),
+            Some((name, argument)) => token(name) && (token(argument) || quoted(argument)),
+        }
+    });
+    if !valid {
+        return Err(ConfigError::new(
+            "CACHE_CONTROL",
+            format!("expected Cache-Control directives such as 'no-cache' or 'max-age=5, public', or empty for no header; got {value:?}"),
+        ));
+    }
+    Ok(Some(value.trim().to_owned()))
 }
 
 fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
@@ -312,6 +405,22 @@ mod tests {
         assert_eq!(s.ready_max_link_down, None);
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.workers >= 1);
+        assert_eq!(s.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(s.max_value_bytes, 1_048_576);
+        assert_eq!(s.max_batch_response_bytes, 8_388_608);
+        assert_eq!(s.cache_control.as_deref(), Some("no-cache"));
+        assert_eq!(s.heartbeat_key.as_deref(), Some("read-api:heartbeat"));
+    }
+
+    #[test]
+    fn empty_cache_control_and_heartbeat_key_mean_off() {
+        let s = settings(&[("CACHE_CONTROL", ""), ("HEARTBEAT_KEY", "")]).unwrap();
+        assert_eq!((s.cache_control, s.heartbeat_key), (None, None));
+        let s = settings(&[("CACHE_CONTROL", "max-age=5, public, community=\"UCI\"")]).unwrap();
+        assert_eq!(
+            s.cache_control.as_deref(),
+            Some("max-age=5, public, community=\"UCI\"")
+        );
     }
 
     #[test]
@@ -332,6 +441,11 @@ mod tests {
             ("SHUTDOWN_GRACE_SECONDS", "forever"),
             ("READY_MAX_LINK_DOWN_SECONDS", "0"),
             ("REPLICA_POLL_MS", "1"),
+            ("SHUTDOWN_DELAY_SECONDS", "3601"),
+            ("MAX_VALUE_BYTES", "0"),
+            ("MAX_BATCH_RESPONSE_BYTES", "1MiB"),
+            ("CACHE_CONTROL", "max-age=5\r\nX-Evil: 1"),
+            ("CACHE_CONTROL", "no cache"),
         ];
         for (variable, value) in cases {
             let err = settings(&[(variable, value)]).expect_err(variable);

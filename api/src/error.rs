@@ -21,12 +21,16 @@ pub enum ApiError {
     KeyNotFound(String),
     #[error("no route for this path; see /v1/keys/{{key}} and /v1/keys?key=...")]
     RouteNotFound,
-    #[error("only GET is allowed here")]
+    #[error("only GET and HEAD are allowed here")]
     MethodNotAllowed,
     #[error("key {0:?} holds a value that is not a string")]
     WrongType(String),
     #[error("key {0:?} holds bytes that are not UTF-8 text")]
     ValueNotUtf8(String),
+    #[error("key {key:?} holds more than MAX_VALUE_BYTES ({max} bytes)")]
+    ValueTooLarge { key: String, max: usize },
+    #[error("the answer would be larger than MAX_BATCH_RESPONSE_BYTES ({max} bytes); ask for fewer keys")]
+    ResponseTooLarge { max: usize },
     #[error("redis is unavailable, retry shortly")]
     Unavailable(#[source] StoreError),
     #[error("redis answered unexpectedly")]
@@ -49,6 +53,8 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::WrongType(_) => "wrong_type",
             Self::ValueNotUtf8(_) => "value_not_utf8",
+            Self::ValueTooLarge { .. } => "value_too_large",
+            Self::ResponseTooLarge { .. } => "response_too_large",
             Self::Unavailable(_) => "unavailable",
             Self::BadGateway(_) => "bad_gateway",
         }
@@ -59,6 +65,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::WrongType(key) => Self::WrongType(key),
+            StoreError::ValueTooLarge { key, max } => Self::ValueTooLarge { key, max },
+            StoreError::BatchTooLarge { max } => Self::ResponseTooLarge { max },
             StoreError::Unexpected(_) => Self::BadGateway(e),
             StoreError::Unavailable { .. } => Self::Unavailable(e),
         }
@@ -71,7 +79,12 @@ impl ResponseError for ApiError {
             Self::BadKey(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::KeyNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::WrongType(_) | Self::ValueNotUtf8(_) => StatusCode::CONFLICT,
+            // What the key holds cannot be served as it is: not a 5xx (nothing
+            // failed, and retrying will not help), not 413 (the request is small).
+            Self::WrongType(_)
+            | Self::ValueNotUtf8(_)
+            | Self::ValueTooLarge { .. }
+            | Self::ResponseTooLarge { .. } => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
@@ -85,7 +98,7 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
             Self::MethodNotAllowed => {
-                response.insert_header((header::ALLOW, "GET"));
+                response.insert_header((header::ALLOW, "GET, HEAD"));
             }
             _ => {}
         }

@@ -3,8 +3,10 @@
 //! Data flows one way through the modules:
 //! - [`config`]: the environment, parsed and validated once at start.
 //! - [`startup`]: builds the public and admin servers, and shuts them down.
-//! - [`routes`]: the public route table (`/v1/keys`), one file per resource.
-//! - [`store`]: the Redis side of a request: connection pool, timeouts, error kinds.
+//! - [`routes`]: the public route table (`/v1/keys`), one file per resource,
+//!   with HTTP caching (ETag, 304) and request ids.
+//! - [`store`]: the Redis side of a request: connection pool, timeouts, size
+//!   limits checked inside Redis, error kinds.
 //! - [`replica`]: the background poll of `INFO` that decides readiness.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own listener.
 //! - [`metrics`] and [`telemetry`]: Prometheus names and the tracing subscriber.

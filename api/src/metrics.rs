@@ -1,5 +1,8 @@
 //! Prometheus metrics: every name in one place, handles resolved before traffic.
 //!
+//! Ours are prefixed `read_api_`; the standard `process_*` metrics (CPU,
+//! memory, file descriptors, start time) come from the same registry.
+//!
 //! Label lookups hash and lock, so the request path only touches handles
 //! resolved at start ([`RouteMetrics`]); label sets that are rare (unusual
 //! statuses, Redis error kinds) are looked up when they happen.
@@ -22,7 +25,8 @@ pub const REPLICA_LINK_UP: &str = "read_api_replica_link_up";
 pub const REPLICA_LAST_IO_SECONDS: &str = "read_api_replica_last_io_seconds";
 pub const REPLICA_LINK_DOWN_SECONDS: &str = "read_api_replica_link_down_seconds";
 pub const REPLICA_SYNC_IN_PROGRESS: &str = "read_api_replica_sync_in_progress";
-pub const REPLICA_OFFSET: &str = "read_api_replica_offset";
+pub const REPLICA_OFFSET_BYTES: &str = "read_api_replica_offset_bytes";
+pub const REPLICA_HEARTBEAT_AGE_SECONDS: &str = "read_api_replica_heartbeat_age_seconds";
 pub const BUILD_INFO: &str = "read_api_build_info";
 
 /// 50 µs to 1 s: a local replica answers in tens of microseconds, a remote
@@ -33,7 +37,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Statuses the routes answer with; each gets a handle resolved at start.
-const COMMON_STATUSES: [u16; 7] = [200, 400, 404, 405, 409, 502, 503];
+const COMMON_STATUSES: [u16; 8] = [200, 304, 400, 404, 405, 409, 502, 503];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -49,7 +53,8 @@ pub struct Metrics {
     pub replica_last_io_seconds: Gauge,
     pub replica_link_down_seconds: Gauge,
     pub replica_sync_in_progress: IntGauge,
-    pub replica_offset: IntGauge,
+    pub replica_offset_bytes: IntGauge,
+    pub replica_heartbeat_age_seconds: Gauge,
 }
 
 impl Metrics {
@@ -103,15 +108,19 @@ impl Metrics {
             ),
             replica_link_down_seconds: float_gauge(
                 REPLICA_LINK_DOWN_SECONDS,
-                "Seconds the link to the master has been down (0 while up).",
+                "Seconds the link to the master has been down: 0 while up; counted from when the API first saw it down, or from the API's start if it was never up.",
             ),
             replica_sync_in_progress: gauge(
                 REPLICA_SYNC_IN_PROGRESS,
                 "1 while the replica is receiving a full sync.",
             ),
-            replica_offset: gauge(
-                REPLICA_OFFSET,
-                "Replication offset the replica has processed.",
+            replica_offset_bytes: gauge(
+                REPLICA_OFFSET_BYTES,
+                "Replication offset the replica has processed, in bytes of the replication stream.",
+            ),
+            replica_heartbeat_age_seconds: float_gauge(
+                REPLICA_HEARTBEAT_AGE_SECONDS,
+                "Seconds since the master wrote HEARTBEAT_KEY, as this Redis has it; -1 when unknown (no key, not a number, Redis unreachable, or HEARTBEAT_KEY empty).",
             ),
             registry,
         };
@@ -127,8 +136,10 @@ impl Metrics {
             Box::new(metrics.replica_last_io_seconds.clone()),
             Box::new(metrics.replica_link_down_seconds.clone()),
             Box::new(metrics.replica_sync_in_progress.clone()),
-            Box::new(metrics.replica_offset.clone()),
+            Box::new(metrics.replica_offset_bytes.clone()),
+            Box::new(metrics.replica_heartbeat_age_seconds.clone()),
             Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for collector in collectors {
             metrics
@@ -136,6 +147,7 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        metrics.replica_heartbeat_age_seconds.set(-1.0);
         metrics
     }
 

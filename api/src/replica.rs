@@ -2,14 +2,15 @@
 //!
 //! A background task polls `INFO server replication persistence` every
 //! `REPLICA_POLL_MS` and keeps the verdict in memory: probes and requests
-//! never wait on Redis for it.
+//! never wait on Redis for it. The same poll reads `HEARTBEAT_KEY`, which the
+//! master side sets to its clock, to tell how old the data served is.
 
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::time::MissedTickBehavior;
@@ -63,6 +64,61 @@ impl RedisStatus {
     fn is_synced(&self) -> bool {
         self.link_up && !self.sync_in_progress && !self.loading
     }
+}
+
+/// How long the master link has been down, as the API counts it.
+///
+/// Redis reports `master_link_down_since_seconds` only once a link it had is
+/// lost: a replica that never reached its master says -1, which used to read
+/// as 0, so an alert on the gauge never fired for the worst case.
+#[derive(Debug)]
+pub struct LinkClock {
+    api_started: Instant,
+    seen_up: bool,
+    down_since: Option<Instant>,
+}
+
+impl LinkClock {
+    pub fn new(api_started: Instant) -> Self {
+        Self {
+            api_started,
+            seen_up: false,
+            down_since: None,
+        }
+    }
+
+    /// Seconds down at `now`: 0 while up (and for a master); otherwise since
+    /// the API first saw the link down, or since the API started if it has
+    /// never seen it up; never less than Redis's own count.
+    pub fn seconds_down(&mut self, status: &RedisStatus, now: Instant) -> f64 {
+        if !status.is_replica || status.link_up {
+            self.seen_up |= status.is_replica;
+            self.down_since = None;
+            return 0.0;
+        }
+        let since =
+            *self
+                .down_since
+                .get_or_insert(if self.seen_up { now } else { self.api_started });
+        let ours = now.saturating_duration_since(since).as_secs_f64();
+        ours.max(status.link_down_seconds.unwrap_or(0.0))
+    }
+}
+
+/// Seconds between the master's clock as written in the heartbeat key (unix
+/// milliseconds, decimal) and `now`; -1 when there is no usable value. A
+/// master clock slightly ahead of ours reads as 0, not as a negative age.
+pub fn heartbeat_age(value: Option<&[u8]>, now: SystemTime) -> f64 {
+    let Some(millis) = value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return -1.0;
+    };
+    let now_millis = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now_millis.saturating_sub(millis) as f64 / 1000.0
 }
 
 /// Why the pod is not ready; the text is what `/readyz` reports.
@@ -169,6 +225,10 @@ impl Readiness {
         *self.verdict.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Fails readiness for good: the process is draining.
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
@@ -179,27 +239,50 @@ impl Readiness {
     }
 }
 
+/// What the monitor needs besides the store and where it reports.
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    pub every: Duration,
+    pub max_link_down: Option<Duration>,
+    pub heartbeat_key: Option<String>,
+}
+
 /// Polls Redis until the process ends, keeping `readiness` and the replica gauges current.
 pub async fn monitor(
     store: Store,
     readiness: Readiness,
     metrics: Metrics,
-    every: Duration,
-    max_link_down: Option<Duration>,
+    settings: MonitorSettings,
 ) {
-    let mut rules = ReadinessRules::new(max_link_down);
+    let mut rules = ReadinessRules::new(settings.max_link_down);
+    let mut link = LinkClock::new(Instant::now());
     let mut last_verdict = Err(NotReady::Starting);
-    let mut ticks = tokio::time::interval(every);
+    let mut ticks = tokio::time::interval(settings.every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let poll = match store.info(&["server", "replication", "persistence"]).await {
-            Ok(info) => Some(RedisStatus::parse(&info)),
+            Ok(info) => {
+                let mut status = RedisStatus::parse(&info);
+                status.link_down_seconds = Some(link.seconds_down(&status, Instant::now()));
+                Some(status)
+            }
             Err(e) => {
                 tracing::debug!(error = %crate::error::error_chain(&e), "INFO poll failed");
                 None
             }
         };
+        let heartbeat = match (&poll, &settings.heartbeat_key) {
+            (Some(_), Some(key)) => match store.read_raw_head(key).await {
+                Ok(value) => heartbeat_age(value.as_deref(), SystemTime::now()),
+                Err(e) => {
+                    tracing::debug!(error = %crate::error::error_chain(&e), "heartbeat read failed");
+                    -1.0
+                }
+            },
+            _ => -1.0,
+        };
+        metrics.replica_heartbeat_age_seconds.set(heartbeat);
         let verdict = rules.evaluate(poll.as_ref());
         record(&metrics, poll.as_ref(), rules.has_synced(), verdict.is_ok());
         if verdict != last_verdict {
@@ -223,15 +306,13 @@ fn record(metrics: &Metrics, poll: Option<&RedisStatus>, synced: bool, ready: bo
     metrics
         .replica_sync_in_progress
         .set(status.sync_in_progress.into());
-    metrics.replica_offset.set(status.offset);
+    metrics.replica_offset_bytes.set(status.offset);
     metrics
         .replica_last_io_seconds
         .set(status.last_io_seconds.unwrap_or(0.0));
-    metrics.replica_link_down_seconds.set(if status.link_up {
-        0.0
-    } else {
-        status.link_down_seconds.unwrap_or(0.0)
-    });
+    metrics
+        .replica_link_down_seconds
+        .set(status.link_down_seconds.unwrap_or(0.0));
 }
 
 #[cfg(test)]
@@ -315,6 +396,57 @@ mod tests {
             Err(NotReady::ReplicaNotSynced)
         );
         assert!(!rules.has_synced());
+    }
+
+    #[test]
+    fn link_down_counts_from_the_api_start_or_from_when_it_was_seen_down() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let never = status(&SYNCED.replace(
+            "master_link_status:up",
+            "master_link_status:down\r\nmaster_link_down_since_seconds:-1",
+        ));
+        let mut clock = LinkClock::new(start);
+        assert_eq!(
+            clock.seconds_down(&never, at(7)),
+            7.0,
+            "never up: since the start"
+        );
+        assert_eq!(clock.seconds_down(&status(SYNCED), at(8)), 0.0);
+        let lost = status(&SYNCED.replace("master_link_status:up", "master_link_status:down"));
+        assert_eq!(
+            clock.seconds_down(&lost, at(10)),
+            0.0,
+            "first seen down now"
+        );
+        assert_eq!(clock.seconds_down(&lost, at(13)), 3.0);
+        let redis_knows_longer = status(&SYNCED.replace(
+            "master_link_status:up",
+            "master_link_status:down\r\nmaster_link_down_since_seconds:60",
+        ));
+        assert_eq!(clock.seconds_down(&redis_knows_longer, at(14)), 60.0);
+        let master = status("run_id:m\r\nrole:master\r\n");
+        assert_eq!(LinkClock::new(start).seconds_down(&master, at(5)), 0.0);
+    }
+
+    #[test]
+    fn heartbeat_age_is_seconds_since_the_masters_clock_or_minus_one() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_010_500);
+        assert_eq!(heartbeat_age(Some(b"1700000000000"), now), 10.5);
+        assert_eq!(
+            heartbeat_age(Some(b"1700000099999"), now),
+            0.0,
+            "master clock ahead"
+        );
+        for unusable in [
+            None,
+            Some(&b""[..]),
+            Some(b"soon"),
+            Some(b"-5"),
+            Some(b"1.5e12"),
+        ] {
+            assert_eq!(heartbeat_age(unusable, now), -1.0, "{unusable:?}");
+        }
     }
 
     #[test]

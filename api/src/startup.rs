@@ -2,14 +2,20 @@
 
 use std::{future::Future, io, net::SocketAddr, net::TcpListener, time::Duration};
 
-use actix_web::{dev::Server, App, HttpServer};
+use actix_web::{
+    body::MessageBody,
+    dev::{Server, ServiceRequest, ServiceResponse},
+    http::{header::HeaderValue, ConnectionType},
+    middleware::{from_fn, Next},
+    App, Error, HttpServer,
+};
 use tokio::task::JoinHandle;
 
 use crate::{
     admin::{self, AdminState},
     config::{ConfigError, Settings},
     metrics::Metrics,
-    replica::{self, Readiness},
+    replica::{self, MonitorSettings, Readiness},
     routes::{self, Limits, PublicState},
     store::StoreConfig,
 };
@@ -34,6 +40,7 @@ pub struct Application {
     admin_addr: SocketAddr,
     readiness: Readiness,
     monitor: JoinHandle<()>,
+    shutdown_delay: Duration,
     shutdown_grace: Duration,
 }
 
@@ -47,24 +54,38 @@ impl Application {
 
         let public_listener = bind("LISTEN_ADDR", settings.listen_addr)?;
         let admin_listener = bind("ADMIN_ADDR", settings.admin_addr)?;
-        let public_addr = local_addr("LISTEN_ADDR", &public_listener)?;
-        let admin_addr = local_addr("ADMIN_ADDR", &admin_listener)?;
+        let public_addr = local_addr("LISTEN_ADDR", settings.listen_addr, &public_listener)?;
+        let admin_addr = local_addr("ADMIN_ADDR", settings.admin_addr, &admin_listener)?;
 
         let limits = Limits {
             max_key_bytes: settings.max_key_bytes,
             max_batch_keys: settings.max_batch_keys,
         };
+        let cache_control = settings
+            .cache_control
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| ConfigError::new("CACHE_CONTROL", "not a valid header value"))?;
         let grace_seconds = settings.shutdown_grace.as_secs();
         let public = {
             let metrics = metrics.clone();
             let store_config = store_config.clone();
+            let readiness = readiness.clone();
             HttpServer::new(move || {
                 // Runs once per worker, on the worker's thread: see StoreConfig::connect.
                 let state = PublicState {
                     store: store_config.connect(),
                     limits,
+                    cache_control: cache_control.clone(),
                 };
-                App::new().configure(|cfg| routes::configure(cfg, state, &metrics))
+                let readiness = readiness.clone();
+                App::new()
+                    .wrap(from_fn(move |req, next| {
+                        close_while_draining(readiness.clone(), req, next)
+                    }))
+                    .wrap(from_fn(routes::request_id))
+                    .configure(|cfg| routes::configure(cfg, state, &metrics))
             })
             .workers(settings.workers)
             .shutdown_timeout(grace_seconds)
@@ -81,7 +102,9 @@ impl Application {
                     readiness: readiness.clone(),
                     metrics: metrics.clone(),
                 };
-                App::new().configure(|cfg| admin::configure(cfg, state))
+                App::new()
+                    .wrap(from_fn(routes::request_id))
+                    .configure(|cfg| admin::configure(cfg, state))
             })
             .workers(1)
             .shutdown_timeout(grace_seconds)
@@ -94,8 +117,11 @@ impl Application {
             store_config.connect_with(1),
             readiness.clone(),
             metrics,
-            settings.replica_poll,
-            settings.ready_max_link_down,
+            MonitorSettings {
+                every: settings.replica_poll,
+                max_link_down: settings.ready_max_link_down,
+                heartbeat_key: settings.heartbeat_key.clone(),
+            },
         ));
         Ok(Self {
             public,
@@ -104,6 +130,7 @@ impl Application {
             admin_addr,
             readiness,
             monitor,
+            shutdown_delay: settings.shutdown_delay,
             shutdown_grace: settings.shutdown_grace,
         })
     }
@@ -117,7 +144,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains: readiness fails at once,
-    /// requests in flight get up to `SHUTDOWN_GRACE_SECONDS` to finish.
+    /// the public listener keeps serving for `SHUTDOWN_DELAY_SECONDS`, then
+    /// stops accepting, and requests in flight get up to
+    /// `SHUTDOWN_GRACE_SECONDS` to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let public_handle = self.public.handle();
         let admin_handle = self.admin.handle();
@@ -131,10 +160,22 @@ impl Application {
             }
         }
         tracing::info!(
+            delay_seconds = self.shutdown_delay.as_secs(),
             grace_seconds = self.shutdown_grace.as_secs(),
             "shutting down"
         );
         self.readiness.shut_down();
+        // Endpoints, kube-proxy rules and ingresses learn of the unready pod
+        // seconds after SIGTERM and keep sending new connections meanwhile:
+        // closing the listener now would refuse them.
+        tokio::select! {
+            () = tokio::time::sleep(self.shutdown_delay) => {}
+            finished = &mut public => {
+                self.monitor.abort();
+                return finished.map_err(io::Error::other)?;
+            }
+        }
+        tracing::info!("no longer accepting connections; draining");
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
         self.monitor.abort();
@@ -145,16 +186,37 @@ impl Application {
     }
 }
 
+/// While draining, every answer asks the client to close its connection, so
+/// that keep-alive clients reconnect (to a pod that is still in rotation)
+/// before the listener goes away.
+async fn close_while_draining<B: MessageBody>(
+    readiness: Readiness,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, Error> {
+    let mut response = next.call(req).await?;
+    if readiness.is_shutting_down() {
+        response
+            .response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
+    Ok(response)
+}
+
 fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr).map_err(|source| bind_error(variable, addr, source))
 }
 
-fn local_addr(variable: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartupError> {
-    listener.local_addr().map_err(|source| StartupError::Bind {
-        variable,
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })
+/// The address the listener got (the port, when 0 was configured); an error names the configured one.
+fn local_addr(
+    variable: &'static str,
+    configured: SocketAddr,
+    listener: &TcpListener,
+) -> Result<SocketAddr, StartupError> {
+    listener
+        .local_addr()
+        .map_err(|source| bind_error(variable, configured, source))
 }
 
 fn bind_error(variable: &'static str, addr: SocketAddr, source: io::Error) -> StartupError {

@@ -1,14 +1,27 @@
-//! The Redis side of a request: one fred pool, bounded waits, classified errors.
+//! The Redis side of a request: one fred pool, bounded waits, bounded values,
+//! classified errors.
+//!
+//! No value larger than `MAX_VALUE_BYTES`, and no batch larger than
+//! `MAX_BATCH_RESPONSE_BYTES`, ever crosses the wire: a single key is read with
+//! `GETRANGE 0 MAX_VALUE_BYTES` (one byte more than allowed says "too large"),
+//! and a batch with a read-only script that checks every `STRLEN` before it
+//! reads anything. Reading first and checking after would let one hostile value
+//! take the pod's memory, and stall the connection while it drains.
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use fred::{
+    bytes_utils::Str,
     prelude::*,
     rustls::{pki_types::pem::PemObject, pki_types::CertificateDer, ClientConfig, RootCertStore},
     types::{
         config::{TlsConfig, TlsConnector},
-        ClusterHash, CustomCommand,
+        ClusterHash, CustomCommand, Value as RedisValue,
     },
 };
 
@@ -30,9 +43,74 @@ pub enum StoreError {
     /// The key holds a list, hash or other non-string value.
     #[error("WRONGTYPE for key {0:?}")]
     WrongType(String),
+    /// The value is larger than `MAX_VALUE_BYTES`; it was not read.
+    #[error("key {key:?} holds more than MAX_VALUE_BYTES ({max} bytes)")]
+    ValueTooLarge { key: String, max: usize },
+    /// The values of a batch add up to more than `MAX_BATCH_RESPONSE_BYTES`; none was read.
+    #[error("the values add up to more than MAX_BATCH_RESPONSE_BYTES ({max} bytes)")]
+    BatchTooLarge { max: usize },
     /// Redis answered with something this API does not expect.
     #[error("unexpected redis reply")]
     Unexpected(#[source] fred::error::Error),
+}
+
+/// A string value as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringValue {
+    /// UTF-8 text (fred checked it when it parsed the reply).
+    Text(Str),
+    /// Bytes that are not UTF-8; never shown, so not kept.
+    NotText,
+}
+
+impl StringValue {
+    fn from_reply(value: RedisValue) -> Result<Option<Self>, ()> {
+        match value {
+            RedisValue::Null => Ok(None),
+            RedisValue::String(text) => Ok(Some(Self::Text(text))),
+            RedisValue::Bytes(_) => Ok(Some(Self::NotText)),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Reads keys, with the limits checked inside Redis.
+///
+/// KEYS are the keys; ARGV[1] is MAX_VALUE_BYTES, ARGV[2] the most the values
+/// may add up to, ARGV[3] '1' when a non-string value is an error (a single
+/// key: WRONGTYPE) rather than a null (a batch, as MGET answers). Replies
+/// `{0, value-or-false, …}`, or `{1, index, length}` for a value over the
+/// limit, or `{2, index, running total}` for a batch over its budget.
+const READ_SCRIPT: &str = r#"
+local max_value, max_total, strict = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local total = 0
+for i, key in ipairs(KEYS) do
+  local len
+  if strict then
+    len = redis.call('STRLEN', key)
+  else
+    len = redis.pcall('STRLEN', key)
+    if type(len) ~= 'number' then len = 0 end
+  end
+  if len > max_value then return {1, i, len} end
+  total = total + len
+  if total > max_total then return {2, i, total} end
+end
+-- MGET answers false for a missing or non-string key; unpack is bounded by
+-- Lua's stack, hence the chunks.
+local reply = {0}
+for first = 1, #KEYS, 1000 do
+  local values = redis.call('MGET', unpack(KEYS, first, math.min(first + 999, #KEYS)))
+  for i = 1, #values do reply[first + i] = values[i] end
+end
+return reply
+"#;
+
+/// The read limits, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct ValueLimits {
+    pub max_value_bytes: usize,
+    pub max_batch_bytes: usize,
 }
 
 /// Everything needed to open a [`Store`], checked once at start.
@@ -42,6 +120,8 @@ pub struct StoreConfig {
     timeout: Duration,
     pool_size: usize,
     prefix: Bytes,
+    limits: ValueLimits,
+    script_sha: Arc<str>,
     metrics: Metrics,
 }
 
@@ -61,6 +141,11 @@ impl StoreConfig {
             timeout: settings.redis_timeout,
             pool_size: settings.redis_pool_size,
             prefix: Bytes::copy_from_slice(settings.key_prefix.as_bytes()),
+            limits: ValueLimits {
+                max_value_bytes: settings.max_value_bytes,
+                max_batch_bytes: settings.max_batch_response_bytes,
+            },
+            script_sha: fred::util::sha1_hash(READ_SCRIPT).into(),
             metrics,
         })
     }
@@ -96,6 +181,9 @@ impl StoreConfig {
         Store {
             pool,
             prefix: self.prefix.clone(),
+            limits: self.limits,
+            timeout,
+            script_sha: self.script_sha.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -106,6 +194,9 @@ impl StoreConfig {
 pub struct Store {
     pool: Pool,
     prefix: Bytes,
+    limits: ValueLimits,
+    timeout: Duration,
+    script_sha: Arc<str>,
     metrics: Metrics,
 }
 
@@ -121,21 +212,158 @@ impl Store {
         }
     }
 
-    /// `GET key`: `None` when the key does not exist.
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.pool
-            .get::<Option<Bytes>, _>(self.key(key))
-            .await
-            .map_err(|e| self.classify(e, key))
+    pub fn limits(&self) -> ValueLimits {
+        self.limits
     }
 
-    /// `MGET keys…`: one value per key, `None` where missing or not a string.
-    pub async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let keys: Vec<Key> = keys.iter().map(|k| self.key(k)).collect();
-        self.pool
-            .mget::<Vec<Option<Bytes>>, _>(keys)
+    /// One value: `None` when the key does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<StringValue>, StoreError> {
+        let started = Instant::now();
+        let max = self.limits.max_value_bytes;
+        // GETRANGE is as cheap as GET, and stops one byte past the limit.
+        let head = self
+            .pool
+            .getrange::<RedisValue, _>(self.key(key), 0, max)
             .await
-            .map_err(|e| self.classify(e, ""))
+            .map_err(|e| self.classify(e, key))?;
+        let len = match &head {
+            RedisValue::String(s) => s.len(),
+            RedisValue::Bytes(b) => b.len(),
+            _ => return Err(self.unexpected("GETRANGE", &head)),
+        };
+        if len > max {
+            return Err(StoreError::ValueTooLarge {
+                key: key.to_owned(),
+                max,
+            });
+        }
+        if len > 0 {
+            return StringValue::from_reply(head)
+                .map_err(|()| self.unexpected("GETRANGE", &RedisValue::Null));
+        }
+        // An empty reply is an empty string or a missing key: only the script
+        // tells them apart in one atomic step. Missing keys pay a second trip.
+        let remaining = self.timeout.saturating_sub(started.elapsed());
+        let mut values = self.read_script(&[key], true, remaining).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// Many values in one atomic read, in request order; `None` where a key is
+    /// missing or holds a non-string value (as `MGET` answers).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<StringValue>>, StoreError> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.read_script(&keys, false, self.timeout).await
+    }
+
+    async fn read_script(
+        &self,
+        keys: &[&str],
+        strict: bool,
+        timeout: Duration,
+    ) -> Result<Vec<Option<StringValue>>, StoreError> {
+        let args = |script: RedisValue| {
+            let mut args = Vec::with_capacity(keys.len() + 5);
+            args.push(script);
+            args.push(RedisValue::Integer(keys.len() as i64));
+            args.extend(
+                keys.iter()
+                    .map(|k| RedisValue::Bytes(self.key(k).into_bytes())),
+            );
+            args.push(RedisValue::Integer(self.limits.max_value_bytes as i64));
+            args.push(RedisValue::Integer(self.limits.max_batch_bytes as i64));
+            args.push(RedisValue::from(if strict { "1" } else { "0" }));
+            args
+        };
+        let client = self.pool.next();
+        let call = async {
+            let sha = RedisValue::from(&*self.script_sha);
+            match client
+                .custom::<RedisValue, _>(command("EVALSHA_RO"), args(sha))
+                .await
+            {
+                // A restarted Redis has forgotten the script: EVAL_RO loads it again.
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    let script = RedisValue::from(READ_SCRIPT);
+                    client
+                        .custom::<RedisValue, _>(command("EVAL_RO"), args(script))
+                        .await
+                }
+                other => other,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Ok(reply) => reply,
+            Err(_) => Err(fred::error::Error::new(
+                ErrorKind::Timeout,
+                "the read script did not answer within REDIS_TIMEOUT_MS",
+            )),
+        }
+        .map_err(|e| self.classify(e, keys.first().copied().unwrap_or_default()))?;
+        self.script_reply(keys, reply)
+    }
+
+    fn script_reply(
+        &self,
+        keys: &[&str],
+        reply: RedisValue,
+    ) -> Result<Vec<Option<StringValue>>, StoreError> {
+        let RedisValue::Array(mut items) = reply else {
+            return Err(self.unexpected("the read script", &reply));
+        };
+        let status = items.first().and_then(RedisValue::as_i64);
+        let index = items.get(1).and_then(RedisValue::as_i64).unwrap_or(0);
+        match status {
+            Some(0) if items.len() == keys.len() + 1 => {
+                let mut values = Vec::with_capacity(keys.len());
+                for item in items.drain(1..) {
+                    values.push(
+                        StringValue::from_reply(item)
+                            .map_err(|()| self.unexpected("the read script", &RedisValue::Null))?,
+                    );
+                }
+                Ok(values)
+            }
+            Some(1) => {
+                let key = usize::try_from(index - 1)
+                    .ok()
+                    .and_then(|i| keys.get(i))
+                    .copied()
+                    .unwrap_or_default();
+                Err(StoreError::ValueTooLarge {
+                    key: key.to_owned(),
+                    max: self.limits.max_value_bytes,
+                })
+            }
+            Some(2) => Err(StoreError::BatchTooLarge {
+                max: self.limits.max_batch_bytes,
+            }),
+            _ => Err(self.unexpected("the read script", &RedisValue::Array(items))),
+        }
+    }
+
+    fn unexpected(&self, command: &str, reply: &RedisValue) -> StoreError {
+        self.metrics.redis_error("unexpected");
+        StoreError::Unexpected(fred::error::Error::new(
+            ErrorKind::Unknown,
+            format!("{command} answered a {:?}", reply.kind()),
+        ))
+    }
+
+    /// The first bytes of `key`, as is: no prefix, and never more than a
+    /// heartbeat needs. `None` when missing or not a string.
+    pub async fn read_raw_head(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let head = self
+            .pool
+            .next_connected()
+            .getrange::<RedisValue, _>(key, 0, 63)
+            .await;
+        match head {
+            Ok(RedisValue::String(s)) if !s.is_empty() => Ok(Some(s.into_inner())),
+            Ok(RedisValue::Bytes(b)) if !b.is_empty() => Ok(Some(b)),
+            Ok(_) => Ok(None),
+            Err(e) if e.details().starts_with("WRONGTYPE") => Ok(None),
+            Err(e) => Err(self.classify(e, key)),
+        }
     }
 
     /// `INFO` for the given sections, for the replica monitor.
@@ -178,6 +406,10 @@ impl Store {
         self.metrics.redis_error("unexpected");
         StoreError::Unexpected(error)
     }
+}
+
+fn command(name: &'static str) -> CustomCommand {
+    CustomCommand::new_static(name, ClusterHash::Random, false)
 }
 
 /// Trusts exactly the CAs in the given PEM file; the host name in `REDIS_URL`

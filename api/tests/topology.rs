@@ -37,6 +37,8 @@ impl Topology {
             ("API_BIN", env!("CARGO_BIN_EXE_read-api").to_string()),
             ("REPLICA_POLL_MS", "100".to_string()),
             ("WORKERS", "1".to_string()),
+            // No load balancer to wait for: `down` should not take seconds.
+            ("SHUTDOWN_DELAY_SECONDS", "0".to_string()),
         ];
         Self {
             state,

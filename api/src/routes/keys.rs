@@ -4,12 +4,13 @@
 //! actix's `Path`, which decodes lossily: a key that is not UTF-8 must be
 //! refused, not silently turned into another key.
 
+use std::io;
+
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use super::{Limits, PublicState};
-use crate::error::ApiError;
+use super::{caching::respond, Limits, PublicState};
+use crate::{error::ApiError, store::StringValue};
 
 #[derive(Serialize)]
 struct OneValue<'a> {
@@ -29,7 +30,9 @@ pub async fn get_one(
     match state.store.get(&key).await? {
         Some(value) => {
             let value = as_text(&key, &value)?;
-            Ok(HttpResponse::Ok().json(OneValue { key: &key, value }))
+            let body =
+                serde_json::to_vec(&OneValue { key: &key, value }).expect("strings always encode");
+            Ok(respond(&req, body, state.cache_control.as_ref()))
         }
         None => Err(ApiError::KeyNotFound(key)),
     }
@@ -58,19 +61,67 @@ pub async fn get_batch(
     state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
     let keys = parse_batch_query(req.query_string(), state.limits)?;
-    let values = state.store.mget(&keys).await?;
+    let values = state.store.get_many(&keys).await?;
     let mut pairs = Vec::with_capacity(keys.len());
+    let mut estimate = 16;
     for (key, value) in keys.into_iter().zip(values.iter()) {
         let text = value.as_ref().map(|v| as_text(&key, v)).transpose()?;
+        estimate += key.len() + text.map_or(4, str::len) + 6;
         pairs.push((key, text));
     }
-    Ok(HttpResponse::Ok().json(BatchBody {
-        values: Values(&pairs),
-    }))
+    // Redis checked the values add up to at most the limit; escapes can still
+    // make the JSON larger, so the encoder stops at the limit too.
+    let max = state.store.limits().max_batch_bytes;
+    let mut body = CappedBody::new(estimate, max);
+    serde_json::to_writer(
+        &mut body,
+        &BatchBody {
+            values: Values(&pairs),
+        },
+    )
+    .map_err(|_| ApiError::ResponseTooLarge { max })?;
+    Ok(respond(&req, body.buf, state.cache_control.as_ref()))
 }
 
-fn as_text<'v>(key: &str, value: &'v Bytes) -> Result<&'v str, ApiError> {
-    std::str::from_utf8(value).map_err(|_| ApiError::ValueNotUtf8(key.to_owned()))
+/// A buffer that never grows past `limit`: writing more fails instead.
+struct CappedBody {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl CappedBody {
+    fn new(estimate: usize, limit: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(estimate.min(limit)),
+            limit,
+        }
+    }
+}
+
+impl io::Write for CappedBody {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let needed = self.buf.len() + data.len();
+        if needed > self.limit {
+            return Err(io::Error::other("body over the limit"));
+        }
+        if needed > self.buf.capacity() {
+            let target = (self.buf.capacity() * 2).clamp(needed, self.limit);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn as_text<'v>(key: &str, value: &'v StringValue) -> Result<&'v str, ApiError> {
+    match value {
+        StringValue::Text(text) => Ok(text),
+        StringValue::NotText => Err(ApiError::ValueNotUtf8(key.to_owned())),
+    }
 }
 
 /// The keys of `key=a&key=b…`, each decoded and checked like a path key.
@@ -170,6 +221,17 @@ fn decode(encoded: &str, plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capped_body_stops_at_its_limit() {
+        use std::io::Write;
+        let mut body = CappedBody::new(4, 10);
+        body.write_all(b"12345678").unwrap();
+        assert!(body.write_all(b"abc").is_err());
+        body.write_all(b"90").unwrap();
+        assert_eq!(body.buf, b"1234567890");
+        assert!(body.buf.capacity() <= 10);
+    }
 
     const LIMITS: Limits = Limits {
         max_key_bytes: 8,

@@ -1,16 +1,21 @@
 //! The public route table, shared by the server and the tests.
 
+mod caching;
 mod keys;
 mod observe;
+mod request_id;
 
 use actix_web::{
     body::BoxBody,
     dev::ServiceRequest,
+    http::header::HeaderValue,
     middleware::{from_fn, Next},
     web, HttpResponse,
 };
 
+pub use caching::{etag_of, if_none_match_matches};
 pub use keys::{decode_key, parse_batch_query};
+pub use request_id::{request_id, RequestId};
 
 use crate::{error::ApiError, metrics::Metrics, store::Store};
 
@@ -25,9 +30,11 @@ pub struct Limits {
 pub struct PublicState {
     pub store: Store,
     pub limits: Limits,
+    /// `CACHE_CONTROL`, sent with every 200 and 304; `None`: no header.
+    pub cache_control: Option<HeaderValue>,
 }
 
-/// Registers `/v1/keys/{key}` and `/v1/keys` with request metrics on each.
+/// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD) with request metrics on each.
 pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
     let one = metrics.route("/v1/keys/{key}");
     let batch = metrics.route("/v1/keys");
@@ -38,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
                     observe::observe(one.clone(), req, next)
                 }))
                 .route(web::get().to(keys::get_one))
+                .route(web::head().to(keys::get_one))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
@@ -46,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
                     observe::observe(batch.clone(), req, next)
                 }))
                 .route(web::get().to(keys::get_batch))
+                .route(web::head().to(keys::get_batch))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(route_not_found));

@@ -32,16 +32,10 @@ pub async fn observe(
                 None => e.to_string(),
             })
             .unwrap_or_default();
-        let request_id = response
-            .request()
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
+        // The request's span (see request_id) carries its id.
         tracing::warn!(
             route = metrics.name(),
             status = status.as_u16(),
-            request_id,
             error = %cause,
             "request failed"
         );

@@ -292,6 +292,7 @@ impl TestApp {
             ("REPLICA_POLL_MS".into(), "100".into()),
             ("REDIS_TIMEOUT_MS".into(), "500".into()),
             ("SHUTDOWN_GRACE_SECONDS".into(), "2".into()),
+            ("SHUTDOWN_DELAY_SECONDS".into(), "0".into()),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::from_vars(vars).expect("test settings are valid");
@@ -312,6 +313,25 @@ impl TestApp {
             stop: Some(stop),
             done: Some(done),
         }
+    }
+
+    /// A request with extra headers, answered with whatever status.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -393,5 +413,113 @@ impl TestApp {
         if let Some(done) = self.done.take() {
             done.await.unwrap().unwrap();
         }
+    }
+}
+
+/// The real `read-api` binary as a child process on free loopback ports,
+/// killed on drop; its stderr goes to a file.
+pub struct ApiProcess {
+    child: Child,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    logs: TempDir,
+}
+
+impl ApiProcess {
+    pub fn spawn(vars: &[(&str, &str)]) -> Self {
+        let (port, admin_port) = (free_port(), free_port());
+        let logs = tempfile::tempdir().expect("temp dir");
+        let stderr = std::fs::File::create(logs.path().join("stderr")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_read-api"))
+            .env_clear()
+            .envs([
+                ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+                ("REPLICA_POLL_MS", "100".into()),
+                ("WORKERS", "2".into()),
+            ])
+            .envs(vars.iter().map(|(k, v)| (*k, *v)))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the read-api binary");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            logs,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in bytes, from `VmRSS` in /proc/PID/status.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the api process is alive");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    }
+
+    pub async fn readyz(&self) -> Option<u16> {
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.admin))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for("the api to be ready", Duration::from_secs(15), || async {
+            (self.readyz().await == Some(200)).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return exit;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the process did not exit within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
