@@ -20,7 +20,8 @@
 #   TRUST_CA_FILE    CA that stunnel and the api trust (default: the CA that signed the master)
 #   SUT_CPUS         when set, pin redis, stunnel and the api to these CPUs (taskset -c)
 #   READY_TIMEOUT    seconds to wait for /readyz (default 60)
-# Every other variable the api reads (WORKERS, REDIS_POOL_SIZE, ...) passes through.
+# Every other variable the api reads (WORKERS, REDIS_POOL_SIZE, ...) passes through;
+# SHUTDOWN_DELAY_SECONDS defaults to 0 here: no load balancer is catching up.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -172,7 +173,7 @@ up() {
 
     say "starting the api on $API_ADDR (admin $API_ADMIN_ADDR)"
     REDIS_URL=$redis_url LISTEN_ADDR=$API_ADDR ADMIN_ADDR=$API_ADMIN_ADDR \
-        LOG_FORMAT=${LOG_FORMAT:-text} start api "$API_BIN"
+        LOG_FORMAT=${LOG_FORMAT:-text} SHUTDOWN_DELAY_SECONDS=${SHUTDOWN_DELAY_SECONDS:-0} start api "$API_BIN"
 
     local deadline=$((SECONDS + READY_TIMEOUT))
     until curl -fsS -o /dev/null "http://$API_ADMIN_ADDR/readyz" 2>/dev/null; do

@@ -69,7 +69,7 @@ build_redis() {
 
 build_stunnel() {
     rm -rf "$work/stunnel"
-    copy_programs "$work/stunnel" stunnel4 sh bash sed mkdir grep
+    copy_programs "$work/stunnel" stunnel4 sh bash sed mkdir grep sleep
     ln -s stunnel4 "$work/stunnel/usr/bin/stunnel"
     import_rootfs "$work/stunnel" "localhost/read-api-stunnel:$IMAGE_TAG" stunnel 10001
 }

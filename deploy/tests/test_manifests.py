@@ -424,3 +424,11 @@ def test_termination_grace_outlasts_the_api_drain_delay_and_grace():
     grace = int(api["SHUTDOWN_GRACE_SECONDS"]["value"])
     assert delay > 0, "SHUTDOWN_DELAY_SECONDS=0 refuses connections that arrive after SIGTERM"
     assert spec["terminationGracePeriodSeconds"] > delay + grace
+
+
+def test_the_replica_and_tunnel_outlive_the_api_drain_delay():
+    spec = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))
+    delay = int(env(container(spec, "api"))["SHUTDOWN_DELAY_SECONDS"]["value"])
+    for name in ("redis", "stunnel"):
+        command = container(spec, name)["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and delay < int(command[1]) < spec["terminationGracePeriodSeconds"], name

@@ -164,10 +164,9 @@ def rendered_probes(sizing):
 
 
 def probe_results(pod, probes):
-    results = {}
+    results = {"api readiness": ready(pod)}
     for label, (container, command) in probes.items():
         results[label] = kit.podman("exec", f"{pod.name}-{container}", *command, check=False).returncode == 0
-    results["api readiness"] = ready(pod)
     return results
 
 
@@ -225,22 +224,22 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
         master.execute_command("AUTH", passwords["master"])
     kit.wait_for("the link up", lambda: pod.metric("read_api_replica_link_up") == 1, 120)
 
-    # A full sync whose load is slowed (key-load-delay, µs per key) so that probes run during it.
+    # A full sync held before the snapshot (the master waits repl-diskless-sync-delay for more
+    # replicas before it forks), then loaded slowly (key-load-delay, µs per key): probes run in both.
     replica_cli(pod, "CONFIG", "SET", "key-load-delay", "20")
+    master.config_set("repl-diskless-sync-delay", 8)
     replica_cli(pod, "REPLICAOF", "NO", "ONE")
     replica_cli(pod, "REPLICAOF", "127.0.0.1", "6390")
     try:
-        # The master waits repl-diskless-sync-delay (2 s) for more replicas before it forks.
-        kit.wait_for(
-            "the sync to start",
-            lambda: "master_sync_in_progress:1" in replica_cli(pod, "INFO", "replication"),
-            30,
-            0.05,
-        )
+        # Until the snapshot starts, the replica reports its link down and keeps its data.
+        info = replica_cli(pod, "INFO", "replication") + replica_cli(pod, "INFO", "persistence")
+        assert "role:slave" in info and "master_link_status:down" in info and "loading:0" in info, info
         actual["syncing"] = probe_results(pod, probes)
+        master.config_set("repl-diskless-sync-delay", 2)
         kit.wait_for("the replica to load", lambda: "loading:1" in replica_cli(pod, "INFO", "persistence"), 120, 0.05)
         actual["loading"] = probe_results(pod, probes)
     finally:
+        master.config_set("repl-diskless-sync-delay", 2)
         replica_cli(pod, "CONFIG", "SET", "key-load-delay", "0")
     kit.wait_for("the replica synced again", lambda: ready(pod), 300, every=0.5)
 
