@@ -211,6 +211,16 @@ scale: e2e-images ## The kit at size on podman: PODS (8) sidecar pods, DATASET_M
 test-scale: e2e-images ## A small make scale (4 pods, 64 MiB), as make test runs it.
 	@$(E2E_ENV) PODS=4 DATASET_MB=64 WRITES_PER_S=50 .venv/bin/pytest -p no:cacheprovider -v deploy/e2e/scale
 
+.PHONY: replay
+replay: e2e-images oha ## The original experiment: central vs sidecar over 1,2,4,6,8 CPU-limited pods on podman (target/replay).
+	@scripts/install-deps.sh gnuplot
+	@$(E2E_ENV) PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/python loadtest/replay.py $(REPLAY_ARGS)
+
+.PHONY: test-replay
+test-replay: e2e-images oha ## A quick replay (1 and 2 pods, 3 s steps), as make test runs it.
+	@scripts/install-deps.sh gnuplot
+	@$(E2E_ENV) PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/pytest -p no:cacheprovider -v loadtest/replay_test
+
 .PHONY: e2e-down
 e2e-down: venv ## Remove the e2e pods, network and volumes (after E2E_KEEP=1 make e2e).
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/kit.py down

@@ -142,6 +142,42 @@ def test_vegeta_reports_normalise_the_same_way(tmp_path):
     assert (r["p50_ms"], r["p95_ms"], r["p99_ms"]) == (1.0, 2.0, 3.0)
 
 
+# vegeta is not installable here: this stand-in records how attack.sh calls it and
+# answers in vegeta's documented formats (a JSON report; plot reads result files).
+VEGETA_STAND_IN = """#!/usr/bin/env bash
+echo "$*" >>"$VEGETA_CALLS"
+case $1 in
+    attack) echo "result-stream" ;;
+    report)
+        if [[ $* == *-type=json* ]]; then
+            echo '{"latencies": {"50th": 1000000, "95th": 2000000, "99th": 3000000, "max": 4000000},
+                   "requests": 10, "duration": 1000000000, "wait": 0, "status_codes": {"200": 10}}'
+        else
+            echo "Requests [total] 10"
+        fi ;;
+    plot) for f in "${@:2}"; do [[ $f == -* || $f == "$LABEL" ]] || [[ -s $f ]] || exit 3; done; echo "<html>" ;;
+esac
+"""
+
+
+def test_the_vegeta_path_holds_the_rate_and_plots_from_its_files(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vegeta").write_text(VEGETA_STAND_IN)
+    (bin_dir / "vegeta").chmod(0o755)
+    calls, out = tmp_path / "calls.txt", tmp_path / "out"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "VEGETA_CALLS": str(calls), "ENGINE": "vegeta",
+           "RATES": "100,200", "DURATION": "1", "OUT": str(out), "LABEL": "x"}  # fmt: skip
+    run([LOADTEST / "attack.sh"], env)
+    lines = calls.read_text().splitlines()
+    attacks = [line for line in lines if line.startswith("attack")]
+    assert len(attacks) == 2 and all("-max-workers" not in a for a in attacks), attacks
+    [plot] = [line for line in lines if line.startswith("plot")]
+    assert plot.split()[-2:] == [str(out / "step-100.bin"), str(out / "step-200.bin")], plot
+    rows = jsonl(out / "summary.jsonl")
+    assert [r["offered_rate"] for r in rows] == [100, 200] and rows[0]["p99_ms"] == 3.0
+
+
 def test_pod_histograms_merge_into_one_result(tmp_path):
     # Two pods; latency buckets are 10 µs. 98 answers at 1 ms, one at 5 ms, one transport error at 1 s.
     (tmp_path / "a.txt").write_text("H 200 99 50\nH 200 499 1\n")

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""make replay: the original experiment, central against sidecar over 1..N
+CPU-limited pods, on podman with the kit's own rendered manifests.
+
+Every container gets a CPU limit scaled down (LIMITS below) so that N pods, the
+master and the load generators fit on this machine's two cores; the master's
+limit stands for the small hosted instance that was the original's bottleneck.
+Load is the vegeta kit's own path (loadtest/attack.sh, oha standing in for
+vegeta): an open-model, fixed-rate ladder, one attack per pod at RATE/N on
+its own connections, which is how a Service spreads kept-alive connections.
+The CPU each container spends per read is read from its cgroup at every step,
+and loadtest/model, fed with the costs measured at one pod and the limits,
+predicts every N.
+
+Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7]
+Output: target/replay/report.md, results.csv, ladder.svg, throughput.svg
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploy/e2e"))
+sys.path.insert(0, str(REPO / "loadtest/lib"))
+import bench  # noqa: E402
+import kit  # noqa: E402
+
+OUT = REPO / "target/replay"
+# Cores per container: a pod is a hundredth of the original's half-core pods' budget
+# per core of ours, and the master a small fraction of one, so 8 pods, the master and
+# the load generators share two cores.
+LIMITS = {"api": 0.05, "redis": 0.025, "stunnel": 0.025, "master": 0.025}
+PORTS = {"sidecar": (18200, 19200), "central": (18300, 19300)}
+SUCCESS = 0.999  # the share of 200s a step must keep to count as held
+HELD_THROUGHPUT = 0.95  # and the share of the offered rate it must complete
+
+
+def model():
+    """loadtest/model as a module (the file has no .py suffix)."""
+    from importlib.machinery import SourceFileLoader
+
+    return SourceFileLoader("model", str(REPO / "loadtest/model")).load_module()
+
+
+def millicores(cores):
+    return f"{round(cores * 1000)}m"
+
+
+def limits_component(name, kind, workload, containers):
+    """A component setting the CPU request and limit of each named container to LIMITS."""
+    path = OUT / "limits" / name
+    path.mkdir(parents=True, exist_ok=True)
+    patch = {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": workload},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": c, "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}}
+            for c, cpu in ((c, millicores(LIMITS[key])) for c, key in containers.items())
+        ]}}},
+    }  # fmt: skip
+    (path / "patch.yaml").write_text(yaml.safe_dump(patch))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "patches": [{"path": "patch.yaml", "target": {"kind": kind, "name": workload}}],
+    }
+    (path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return path
+
+
+def render_dir(name, base, component):
+    """A kustomization of deploy/BASE with COMPONENT, as a user would apply it."""
+    path = OUT / "render" / name
+    path.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "resources": [os.path.relpath(REPO / "deploy" / base, path)],
+        "components": [os.path.relpath(component, path)],
+    }
+    (path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    return path
+
+
+def cpu_seconds(container):
+    """CPU time the container has used, from its cgroup (v1 cpuacct)."""
+    cgroup = kit.podman("inspect", "--format", "{{.State.CgroupPath}}", container).stdout.strip()
+    return int(Path(f"/sys/fs/cgroup/cpuacct{cgroup}/cpuacct.usage").read_text()) / 1e9
+
+
+def attack(pod, rate, seconds, label):
+    """One step of loadtest/attack.sh against one pod; its normalised result."""
+    out = OUT / "runs" / label
+    env = {
+        **os.environ,
+        "BASE_URL": f"http://127.0.0.1:{pod.port}",
+        "RATES": str(max(1, round(rate))),
+        "DURATION": str(seconds),
+        "CONNECTIONS": "8",
+        "LABEL": label,
+        "OUT": str(out),
+        "ENGINE": "oha",
+    }
+    subprocess.run([REPO / "loadtest/attack.sh"], env=env, check=True, capture_output=True, timeout=seconds + 120)
+    return json.loads((out / "summary.jsonl").read_text().splitlines()[-1])
+
+
+def merge(results, offered, seconds):
+    """One step's results across pods: totals add up; p99 is the worst pod's (an upper bound)."""
+    requests = sum(r["requests"] for r in results)
+    ok = sum(r["ok"] for r in results)
+    return {
+        "offered": offered,
+        "requests": requests,
+        "success": ok / requests if requests else 0.0,
+        "throughput": ok / seconds,
+        "p50_ms": sum(r["p50_ms"] * r["requests"] for r in results) / requests if requests else 0.0,
+        "p99_ms": max(r["p99_ms"] for r in results),
+    }
+
+
+class Run:
+    def __init__(self, pods, seconds, steps):
+        self.pods, self.seconds, self.steps = pods, seconds, steps
+        self.rows, self.costs = [], {}
+
+    def setup(self):
+        OUT.mkdir(parents=True, exist_ok=True)
+        kit.WORK.mkdir(parents=True, exist_ok=True)
+        kit.teardown()
+        kit.certificates()
+        self.password = "replay" + os.urandom(8).hex()
+        kit.secret_config_maps(self.password, "replica" + os.urandom(8).hex())
+        kit.podman("network", "create", kit.NETWORK)
+        pod = {"api": "api", "redis": "redis", "stunnel": "stunnel"}
+        components = {
+            "master": limits_component("master", "StatefulSet", "redis-master", {"redis": "master"}),
+            "sidecar": limits_component("sidecar", "Deployment", "read-api", pod),
+            "central": limits_component("central", "Deployment", "read-api", {"api": "api"}),
+        }
+        bases = {"master": "master", "sidecar": "overlays/sidecar", "central": "overlays/central"}
+        self.renders = {name: render_dir(name, bases[name], components[name]) for name in bases}
+        kit.play("master", self.renders["master"], "--publish", f"redis-tls={kit.MASTER_PORT}")
+        self.master = kit.master_client(self.password)
+        kit.wait_for("the master", self.master.ping, 60, every=0.5)
+        self.master.set("known-key", "x" * 100)
+
+    def play(self, topology, n):
+        name = f"rp-{topology}-{n}"
+        http, admin = PORTS[topology]
+        kit.play(name, self.renders[topology], "--rename", f"read-api={name}", "--replicas", str(n),
+                 "--publish", f"http={http}", "--publish", f"admin={admin}")  # fmt: skip
+        pods = [kit.Api(f"{name}-{i}", http + i, admin + i) for i in range(n)]
+        for pod in pods:
+            kit.wait_for(f"{pod.name} ready", lambda p=pod: p.ready()[0] == 200, 300, every=0.5)
+        return pods
+
+    def containers(self, topology, pods):
+        parts = ["api", "redis"] if topology == "sidecar" else ["api"]
+        return {part: [f"{p.name}-{part}" for p in pods] for part in parts} | {"master": ["redis-master-redis"]}
+
+    def step(self, topology, pods, rate):
+        containers = self.containers(topology, pods)
+        before = {part: sum(cpu_seconds(c) for c in names) for part, names in containers.items()}
+        with ThreadPoolExecutor(len(pods)) as pool:
+            results = list(pool.map(
+                lambda p: attack(p, rate / len(pods), self.seconds, f"{topology}-{len(pods)}-{round(rate)}-{p.name}"),
+                pods,
+            ))  # fmt: skip
+        row = merge(results, rate, self.seconds) | {"topology": topology, "pods": len(pods)}
+        served = sum(r["ok"] for r in results) or 1
+        for part, names in containers.items():
+            row[f"{part}_us"] = (sum(cpu_seconds(c) for c in names) - before[part]) * 1e6 / served
+        print(f"replay: {topology} {len(pods)} pods at {rate:.0f}/s: {row['throughput']:.0f}/s, "
+              f"{100 * row['success']:.2f} % ok, p99 {row['p99_ms']:.1f} ms", flush=True)  # fmt: skip
+        return row
+
+    def ladder(self, topology, n, top):
+        pods = self.play(topology, n)
+        try:
+            rates = [top * (i + 1) / self.steps for i in range(self.steps)]
+            return [self.step(topology, pods, rate) for rate in rates]
+        finally:
+            for pod in pods:
+                kit.podman("pod", "rm", "-f", "-t", "5", pod.name, check=False)
+
+    def calibrate(self, topology):
+        """Per-read costs at one pod, from a step well past its capacity."""
+        estimate = LIMITS["api"] * 1e6 / 15.0  # a first guess of one pod's reads/s
+        rows = self.ladder(topology, 1, 2 * estimate)
+        busiest = max(rows, key=lambda r: r["throughput"])
+        return {k: busiest[k] for k in busiest if k.endswith("_us")}
+
+    def run(self):
+        self.setup()
+        m = model()
+        for topology in ("sidecar", "central"):
+            self.costs[topology] = self.calibrate(topology)
+        for topology in ("sidecar", "central"):
+            for n in self.pods:
+                capacity = self.predict(m, topology, n)
+                self.rows += self.ladder(topology, n, 1.5 * capacity)
+
+    def predict(self, m, topology, n):
+        sidecar, central = self.costs["sidecar"], self.costs["central"]
+        return m.predict_limits(
+            n,
+            topology,
+            api_cores=LIMITS["api"],
+            replica_cores=LIMITS["redis"],
+            master_cores=LIMITS["master"],
+            api_us=sidecar["api_us"] if topology == "sidecar" else central["api_us"],
+            replica_us=sidecar.get("redis_us", 0.0),
+            master_us=central["master_us"],
+        )
+
+    def held(self, topology, n):
+        rows = [r for r in self.rows if r["topology"] == topology and r["pods"] == n]
+        held = [r for r in rows if r["success"] >= SUCCESS and r["throughput"] >= HELD_THROUGHPUT * r["offered"]]
+        best = max(rows, key=lambda r: r["throughput"])
+        return (max(r["offered"] for r in held) if held else 0.0), best["throughput"]
+
+
+def write_outputs(run):
+    OUT.mkdir(parents=True, exist_ok=True)
+    fields = ["topology", "pods", "offered", "requests", "success", "throughput", "p50_ms", "p99_ms",
+              "api_us", "redis_us", "master_us"]  # fmt: skip
+    with open(OUT / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(run.rows)
+    m = model()
+    table = ["| topology | pods | held at 99.9 % | most served | model | model / measured |", "|---" * 6 + "|"]
+    summary = {}
+    for topology in ("sidecar", "central"):
+        for n in run.pods:
+            held, best = run.held(topology, n)
+            predicted = run.predict(m, topology, n)
+            summary[(topology, n)] = (held, best, predicted)
+            table.append(f"| {topology} | {n} | {held:.0f} | {best:.0f} | {predicted:.0f} | {predicted / best:.2f} |")
+    plot(run)
+    one = summary[("sidecar", run.pods[0])][1]
+    top = summary[("sidecar", run.pods[-1])][1]
+    lines = [
+        "# make replay",
+        "",
+        f"The original experiment at reduced scale: {', '.join(map(str, run.pods))} pods per topology, "
+        f"{run.steps} fixed-rate steps of {run.seconds} s each (loadtest/attack.sh, oha standing in for vegeta, "
+        "one attack per pod at RATE/N on its own connections).",
+        "",
+        "Scaling: every container's CPU is limited so the pods, the master and the load generators share this "
+        "machine's two cores: "
+        + ", ".join(f"{k} {millicores(v)}" for k, v in LIMITS.items())
+        + " (master: the small hosted instance).",
+        "",
+        "Per-read CPU measured at one pod (µs, from each container's cgroup): "
+        + "; ".join(f"{t}: " + ", ".join(f"{k} {v:.1f}" for k, v in c.items()) for t, c in run.costs.items()),
+        "",
+        table[0],
+        table[1],
+        *table[2:],
+        "",
+        f"Sidecar at {run.pods[-1]} pods serves {top:.0f}/s, {top / (run.pods[-1] * one):.2f} × "
+        f"{run.pods[-1]} × the one-pod figure ({one:.0f}/s).",
+        "",
+        "![success and latency against offered rate](ladder.svg)",
+        "![throughput against pods](throughput.svg)",
+        "",
+    ]
+    (OUT / "report.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return summary
+
+
+def plot(run):
+    """ladder.svg (loadtest/plot.sh, one series per topology and pod count) and throughput.svg."""
+    series = []
+    for topology in ("sidecar", "central"):
+        for n in run.pods:
+            path = OUT / f"ladder-{topology}-{n}.jsonl"
+            rows = [r for r in run.rows if r["topology"] == topology and r["pods"] == n]
+            path.write_text("".join(json.dumps({
+                "label": f"{topology}-{n}", "offered_rate": r["offered"], "success_ratio": r["success"],
+                "p99_ms": r["p99_ms"], "throughput": r["throughput"],
+            }) + "\n" for r in rows))  # fmt: skip
+            series.append(path)
+    subprocess.run([REPO / "loadtest/plot.sh", OUT / "ladder.svg", *series], check=True, capture_output=True)
+    data = OUT / "throughput.dat"
+    data.write_text("".join(f"{n} {run.held('sidecar', n)[1]:.0f} {run.held('central', n)[1]:.0f}\n" for n in run.pods))
+    bench.render(
+        REPO / "loadtest/templates/throughput.gp",
+        OUT / "throughput.gp",
+        [f"output={OUT / 'throughput.svg'}", f"data={data}"],
+    )
+    subprocess.run(["gnuplot", OUT / "throughput.gp"], check=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", default="1,2,4,6,8")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=7)
+    args = parser.parse_args(argv)
+    if not os.environ.get("CONTAINERS_CONF"):
+        raise SystemExit("replay: run through make replay, which prepares podman (CONTAINERS_CONF)")
+    run = Run([int(n) for n in args.pods.split(",")], args.seconds, args.steps)
+    try:
+        run.run()
+    finally:
+        kit.teardown()
+    return write_outputs(run)
+
+
+if __name__ == "__main__":
+    main()

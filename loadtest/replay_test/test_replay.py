@@ -1,0 +1,26 @@
+"""A quick make replay (1 and 2 pods, three 3-second steps): the harness runs
+end to end on podman and writes every output. The figures themselves are
+checked by the full run (README, "The original experiment, replayed")."""
+
+import csv
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "loadtest"))
+import replay  # noqa: E402
+
+
+def test_a_quick_replay_writes_every_output():
+    summary = replay.main(["--pods", "1,2", "--seconds", "3", "--steps", "3"])
+    rows = list(csv.DictReader(open(replay.OUT / "results.csv")))
+    assert len(rows) == 2 * 2 * 3, f"{len(rows)} rows"
+    assert all(int(r["requests"]) > 0 for r in rows)
+    for topology in ("sidecar", "central"):
+        for pods in (1, 2):
+            held, best, predicted = summary[(topology, pods)]
+            assert best > 0 and predicted > 0, (topology, pods)
+    for name in ("report.md", "ladder.svg", "throughput.svg"):
+        assert (replay.OUT / name).stat().st_size > 0, name
+    report = (replay.OUT / "report.md").read_text()
+    assert "| sidecar | 2 |" in report and "| central | 2 |" in report
