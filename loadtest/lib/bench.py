@@ -100,7 +100,8 @@ def costs(bench, fields):
         units = sum(u for _, u in measured if u is not None) or sum(
             p["requests"] for p in points if p["label"] == phase
         )
-        result[name] = round(ticks * 1e6 / TICKS_PER_S / units, 2) if units else None
+        # None when the process spent less than one clock tick (10 ms): too little to measure.
+        result[name] = round(ticks * 1e6 / TICKS_PER_S / units, 2) if units and ticks else None
     for key, value in pairs(fields).items():
         try:
             result[key] = json.loads(value)

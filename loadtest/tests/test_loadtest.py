@@ -249,14 +249,10 @@ def test_quick_bench_produces_every_output():
     for line in lines[1:]:
         assert float(line.split(",")[2]) > 0, line
     costs = json.loads((bench / "costs.json").read_text())
-    for key in [
-        "api_cpu_us_per_read",
-        "replica_cpu_us_per_read",
-        "central_api_cpu_us_per_read",
-        "master_tls_cpu_us_per_read",
-        "stunnel_cpu_us_per_write",
-    ]:
+    for key in ["api_cpu_us_per_read", "replica_cpu_us_per_read", "master_tls_cpu_us_per_read"]:
         assert costs[key] > 0, key
+    # A quick run's few thousand writes may cost stunnel under one 10 ms clock tick.
+    assert costs["stunnel_cpu_us_per_write"] is None or costs["stunnel_cpu_us_per_write"] > 0
     svg = (bench / "ladder.svg").read_text()
     assert "central" in svg and "sidecar" in svg
     for label in ["central", "sidecar"]:
