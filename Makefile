@@ -57,7 +57,7 @@ lint-python: venv ## ruff: lint and format check of every tracked Python file (r
 	.venv/bin/ruff format --check .
 
 .PHONY: test
-test: deps lint test-manifests test-rust test-loadtest e2e test-scale ## Run every test: lint, manifests, Rust tests on real Redis and stunnel, the load-test kit, e2e and a small scale run on podman.
+test: deps lint test-manifests test-rust test-loadtest e2e test-scale test-replay ## Run every test: lint, manifests, Rust tests on real Redis and stunnel, the load-test kit, e2e and small scale and replay runs on podman.
 
 .PHONY: test-rust
 test-rust: deps ## Unit and integration tests of the API and the local topology.
@@ -82,8 +82,8 @@ test-loadtest: venv oha ## The load-test kit: oha ladders on the local topology,
 	.venv/bin/pytest -q loadtest/tests
 
 .PHONY: test-manifests
-test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology and the alert rules.
-	@scripts/install-deps.sh promtool
+test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
+	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
 	.venv/bin/pytest -q deploy/tests
 
 ##@ Local topology
@@ -118,11 +118,11 @@ certs: ## Create a CA and a master certificate for the in-cluster master (target
 	@scripts/gen-certs.sh
 
 .PHONY: check-master
-check-master: ## Check a replica can follow MASTER_HOST:MASTER_PORT (MASTER_CA, MASTER_PASSWORD, MASTER_USER).
+check-master: ## Check a replica can follow MASTER_HOST:MASTER_PORT (MASTER_CA, MASTER_USER, MASTER_PASSWORD or MASTER_REPLICA_USER, MASTER_REPLICA_PASSWORD).
 	@scripts/check-master.sh
 
 .PHONY: master-secret
-master-secret: ## Point the kit at a hosted master (MASTER_HOST, MASTER_PORT, MASTER_PASSWORD, MASTER_CA).
+master-secret: ## Point the kit at a hosted master (MASTER_HOST, MASTER_PORT, MASTER_USER, MASTER_PASSWORD, MASTER_CA; MASTER_REPLICA_USER, MASTER_REPLICA_PASSWORD).
 	@scripts/deploy.sh master-secret
 
 .PHONY: deploy-master
