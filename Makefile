@@ -104,8 +104,12 @@ demo-seed: ## Write KEY=... VALUE=... through the local demo's master.
 ##@ Images
 
 .PHONY: images
-images: ## Build read-api and read-api-stunnel images (CONTAINER_TOOL, IMAGE_REGISTRY, IMAGE_TAG, IMAGE_BUILD=source|prebuilt).
+images: ## Build read-api, read-api-stunnel and read-api-vegeta images (CONTAINER_TOOL, IMAGE_REGISTRY, IMAGE_TAG, IMAGE_BUILD=source|prebuilt; PUSH=1 pushes and records their digests).
 	@scripts/images.sh
+
+.PHONY: pin-images
+pin-images: ## Pin the third-party images in deploy/images/images.yaml to the digests their tags name now (skopeo or crane, and a registry).
+	@python3 scripts/pin_images.py
 
 .PHONY: static
 static: ## Build the static (musl) read-api binary used by the FROM-scratch image.

@@ -6,6 +6,7 @@
 #   master                in-cluster TLS master: certificates, Secrets, StatefulSet
 #   master-secret         the redis-master Secret for a hosted master, from
 #                         MASTER_HOST, MASTER_PORT, MASTER_PASSWORD, MASTER_CA [, MASTER_USER]
+#                         [, MASTER_REPLICA_USER, MASTER_REPLICA_PASSWORD: the replicas' account]
 #   sidecar | central     the API in that topology (needs the redis-master Secret)
 #   undeploy              remove the API (both topologies) and the in-cluster master;
 #                         Secrets and the master's volume stay unless PURGE=1
@@ -45,9 +46,28 @@ render() {
     local work="$repo/target/deploy/$1"
     mkdir -p "$work"
     command -v envsubst >/dev/null || "$repo/scripts/install-deps.sh" envsubst
-    DIR=$dir envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG' \
+    DIR=$dir READ_API_DIGEST=$(pushed_digest read-api) READ_API_STUNNEL_DIGEST=$(pushed_digest read-api-stunnel) \
+        SECRETS_HASH=${SECRETS_HASH:-} \
+        envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG $READ_API_DIGEST $READ_API_STUNNEL_DIGEST $SECRETS_HASH' \
         <"$repo/scripts/templates/render.kustomization.yaml" >"$work/kustomization.yaml"
     kubectl kustomize "$work"
+}
+
+# The digest make images PUSH=1 recorded for $IMAGE_REGISTRY/NAME:$IMAGE_TAG, if any.
+pushed_digest() {
+    local file=${PUSHED_DIGESTS:-$repo/target/images/pushed-digests}
+    [[ -r $file ]] || return 0
+    awk -v image="$IMAGE_REGISTRY/$1:$IMAGE_TAG" '$1 == image { digest = $2 } END { print digest }' "$file"
+}
+
+# A short hash of the data of the given Secrets, as the cluster holds them now.
+secrets_hash() {
+    local name
+    for name in "$@"; do
+        printf '%s\n' "$name"
+        "${k[@]}" get secret "$name" -o 'jsonpath={.data}'
+        printf '\n'
+    done | sha256sum | cut -c1-16
 }
 
 secret_value() {
@@ -62,33 +82,56 @@ ensure_namespace() {
     kubectl kustomize "$repo/deploy/namespace" | kubectl apply -f - >/dev/null
 }
 
+# The value of KEY in Secret redis-master, or a new random password if it has none.
+# Hex: URL-safe (the central topology puts the password in REDIS_URL) and plain in redis.conf.
+kept_or_new_password() {
+    local value
+    value=$(secret_value redis-master "$1")
+    [[ -n $value ]] || value=$(openssl rand -hex 24)
+    printf '%s' "$value"
+}
+
 deploy_master() {
     require_cluster
     CERTS_DIR=$CERTS_DIR "$repo/scripts/gen-certs.sh"
     ensure_namespace
-    local password
-    password=$(secret_value redis-master password)
-    [[ -n $password ]] || password=$(openssl rand -hex 24)
+    # user/password: the admin (default user), for the central topology and make seed.
+    # The others are the ACL users of deploy/config/redis-master/acl-users.conf:
+    # replicas follow as "replica"; heartbeat and exporter run beside the master.
+    local key passwords=()
+    for key in password replica-password heartbeat-password exporter-password; do
+        passwords+=(--from-literal="$key=$(kept_or_new_password "$key")")
+    done
     apply_secret redis-master-tls --from-file=tls.crt="$CERTS_DIR/master.crt" \
         --from-file=tls.key="$CERTS_DIR/master.key" --from-file=ca.crt="$CERTS_DIR/ca.crt"
     apply_secret redis-master --from-literal=host="redis-master.$NAMESPACE.svc.cluster.local" \
-        --from-literal=port=6380 --from-literal=user=default --from-literal=password="$password" \
-        --from-file=ca.crt="$CERTS_DIR/ca.crt"
-    render master | kubectl apply -f -
+        --from-literal=port=6380 --from-literal=user=default --from-literal=replica-user=replica \
+        "${passwords[@]}" --from-file=ca.crt="$CERTS_DIR/ca.crt"
+    SECRETS_HASH=$(secrets_hash redis-master redis-master-tls) render master | kubectl apply -f -
     "${k[@]}" rollout status statefulset/redis-master --timeout="$ROLLOUT_TIMEOUT"
     say "master ready at redis-master.$NAMESPACE.svc.cluster.local:6380 (TLS); Secret redis-master holds how to reach it"
 }
 
+# A hosted master: MASTER_USER/MASTER_PASSWORD are the account the central
+# topology reads with (and make seed writes with); the replicas of the sidecar
+# topology log in as MASTER_REPLICA_USER/MASTER_REPLICA_PASSWORD, the same
+# account unless set (a user with +psync +replconf is enough for them).
 master_secret() {
     require_cluster
     : "${MASTER_HOST:?set MASTER_HOST, MASTER_PORT, MASTER_PASSWORD and MASTER_CA (a PEM file)}"
     : "${MASTER_PORT:?set MASTER_PORT}" "${MASTER_PASSWORD:?set MASTER_PASSWORD}" "${MASTER_CA:?set MASTER_CA}"
     [[ -r $MASTER_CA ]] || die "MASTER_CA $MASTER_CA is not readable"
+    if [[ -n ${MASTER_REPLICA_USER:-} && -z ${MASTER_REPLICA_PASSWORD:-} ]]; then
+        die "MASTER_REPLICA_USER needs MASTER_REPLICA_PASSWORD"
+    fi
     ensure_namespace
+    local user=${MASTER_USER:-default}
     apply_secret redis-master --from-literal=host="$MASTER_HOST" --from-literal=port="$MASTER_PORT" \
-        --from-literal=user="${MASTER_USER:-default}" --from-literal=password="$MASTER_PASSWORD" \
+        --from-literal=user="$user" --from-literal=password="$MASTER_PASSWORD" \
+        --from-literal=replica-user="${MASTER_REPLICA_USER:-$user}" \
+        --from-literal=replica-password="${MASTER_REPLICA_PASSWORD:-$MASTER_PASSWORD}" \
         --from-file=ca.crt="$MASTER_CA"
-    say "Secret redis-master now points at $MASTER_HOST:$MASTER_PORT"
+    say "Secret redis-master now points at $MASTER_HOST:$MASTER_PORT (replicas log in as '${MASTER_REPLICA_USER:-$user}')"
 }
 
 deploy_api() {
@@ -97,10 +140,15 @@ deploy_api() {
     ensure_namespace
     "${k[@]}" get secret redis-master >/dev/null 2>&1 \
         || die "no Secret redis-master in namespace $NAMESPACE: run 'make deploy-master' (in-cluster master) or 'make master-secret MASTER_HOST=… MASTER_PORT=… MASTER_PASSWORD=… MASTER_CA=…' (hosted)"
+    if [[ $topology == sidecar && -z $(secret_value redis-master replica-password) ]]; then
+        die "Secret redis-master has no replica-password (it predates the replicas' own user): run 'make deploy-master' or 'make master-secret …' again"
+    fi
     if [[ $topology == sidecar && -z $(secret_value read-api-replica password) ]]; then
         apply_secret read-api-replica --from-literal=password="$(openssl rand -hex 24)"
     fi
-    render "$topology" | kubectl apply -f -
+    local secrets=(redis-master)
+    [[ $topology == sidecar ]] && secrets+=(read-api-replica)
+    SECRETS_HASH=$(secrets_hash "${secrets[@]}") render "$topology" | kubectl apply -f -
     "${k[@]}" rollout status deployment/read-api --timeout="$ROLLOUT_TIMEOUT"
     say "$topology topology ready; try: make port-forward, then curl localhost:$LOCAL_PORT/v1/keys/known-key"
 }
@@ -148,8 +196,10 @@ seed() {
     require_cluster
     local key=$1 value=$2
     if "${k[@]}" get statefulset/redis-master >/dev/null 2>&1; then
+        # The admin's password is a file in the master's container (deploy/master).
         "${k[@]}" exec statefulset/redis-master -c redis -- sh -c \
-            'redis-cli --tls --cacert /etc/redis/tls/ca.crt -h localhost -p 6380 SET "$1" "$2"' _ "$key" "$value"
+            'read -r REDISCLI_AUTH </etc/redis/users/default; export REDISCLI_AUTH
+            redis-cli --tls --cacert /etc/redis/tls/ca.crt -h localhost -p 6380 SET "$1" "$2"' _ "$key" "$value"
     else
         # A hosted master: write from here with what the Secret says.
         local ca

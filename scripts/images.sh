@@ -5,7 +5,10 @@
 #   IMAGE_BUILD     source: compile inside the build (api/Containerfile, needs the
 #                   Rust image); prebuilt: compile the static binary here first
 #                   (api/Containerfile.prebuilt, needs only this machine). Default source.
-#   PUSH=1          push both images after building
+#   PUSH=1          push the images after building, and record the digest the
+#                   registry gave each in $PUSHED_DIGESTS (target/images/pushed-digests):
+#                   scripts/deploy.sh render pins the images to them when it renders
+#                   the same IMAGE_REGISTRY and IMAGE_TAG
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +17,40 @@ CONTAINER_TOOL=${CONTAINER_TOOL:-podman}
 IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
 IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
 IMAGE_BUILD=${IMAGE_BUILD:-source}
+PUSHED_DIGESTS=${PUSHED_DIGESTS:-$repo/target/images/pushed-digests}
+
+# Pushes IMAGE and prints "IMAGE DIGEST": the digest of the manifest the registry now holds.
+push() {
+    local image=$1 digest
+    if [[ $CONTAINER_TOOL == podman ]]; then
+        local file
+        file=$(mktemp)
+        "$CONTAINER_TOOL" push --digestfile "$file" "$image" >&2
+        digest=$(<"$file")
+        rm -f "$file"
+    else
+        "$CONTAINER_TOOL" push "$image" >&2
+        digest=$("$CONTAINER_TOOL" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$image" \
+            | awk -v repo="${image%:*}" 'index($0, repo "@") == 1 { sub(/.*@/, ""); print; exit }')
+    fi
+    [[ $digest =~ ^sha256:[0-9a-f]{64}$ ]] || { echo "images: no digest for $image after pushing it (got '$digest')" >&2; exit 1; }
+    echo "$image $digest"
+}
+
+# Replaces the lines of the images just pushed in PUSHED_DIGESTS, keeping the others.
+record() {
+    local line image
+    mkdir -p "$(dirname "$PUSHED_DIGESTS")"
+    touch "$PUSHED_DIGESTS"
+    for line in "$@"; do
+        image=${line%% *}
+        awk -v image="$image" '$1 != image' "$PUSHED_DIGESTS" >"$PUSHED_DIGESTS.new"
+        echo "$line" >>"$PUSHED_DIGESTS.new"
+        mv "$PUSHED_DIGESTS.new" "$PUSHED_DIGESTS"
+    done
+    echo "images: digests of the pushed images in $PUSHED_DIGESTS (make render and the deploy targets pin to them)"
+}
+
 main() {
     if ! command -v "$CONTAINER_TOOL" >/dev/null; then
         case $CONTAINER_TOOL in
@@ -43,9 +80,12 @@ main() {
     "$CONTAINER_TOOL" build -f loadtest/k8s/vegeta/Containerfile -t "$vegeta_image" loadtest/k8s/vegeta
 
     if [[ -n ${PUSH:-} ]]; then
-        "$CONTAINER_TOOL" push "$api_image"
-        "$CONTAINER_TOOL" push "$stunnel_image"
-        "$CONTAINER_TOOL" push "$vegeta_image"
+        local pushed=() image entry
+        for image in "$api_image" "$stunnel_image" "$vegeta_image"; do
+            entry=$(push "$image")
+            pushed+=("$entry")
+        done
+        record "${pushed[@]}"
     fi
     "$CONTAINER_TOOL" images --filter "reference=$IMAGE_REGISTRY/read-api*"
 }

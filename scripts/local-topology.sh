@@ -95,13 +95,16 @@ down() {
     say "stopped $stopped process(es) started from $STATE_DIR"
 }
 
+# MASTER_PASSWORD: the master's admin (default user); REPLICA_PASSWORD: the
+# replica's own; MASTER_REPLICA_PASSWORD: the master's ACL user "replica", which
+# the replica follows as, as in the sidecar pod.
 passwords() {
-    local file="$STATE_DIR/passwords.env"
-    if [[ ! -s $file ]]; then
-        mkdir -p "$STATE_DIR"
-        (umask 077; printf 'MASTER_PASSWORD=%s\nREPLICA_PASSWORD=%s\n' \
-            "$(openssl rand -hex 16)" "$(openssl rand -hex 16)" >"$file")
-    fi
+    local file="$STATE_DIR/passwords.env" name
+    mkdir -p "$STATE_DIR"
+    for name in MASTER_PASSWORD REPLICA_PASSWORD MASTER_REPLICA_PASSWORD; do
+        grep -q "^$name=" "$file" 2>/dev/null \
+            || (umask 077; printf '%s=%s\n' "$name" "$(openssl rand -hex 16)" >>"$file")
+    done
     # shellcheck source=/dev/null
     source "$file"
 }
@@ -137,8 +140,10 @@ up() {
     local trust=${TRUST_CA_FILE:-$certs/ca.crt}
 
     say "starting the TLS master on localhost:$MASTER_PORT"
-    mkdir -p "$STATE_DIR/master"
-    REDIS_PASSWORD=$MASTER_PASSWORD REDIS_RUN_DIR="$STATE_DIR/run/master" start master \
+    mkdir -p "$STATE_DIR/master" "$STATE_DIR/master-users"
+    (umask 077; printf '%s' "$MASTER_REPLICA_PASSWORD" >"$STATE_DIR/master-users/replica")
+    REDIS_PASSWORD=$MASTER_PASSWORD REDIS_RUN_DIR="$STATE_DIR/run/master" \
+        REDIS_USERS_FILE="$config/redis-master/acl-users.conf" REDIS_USERS_DIR="$STATE_DIR/master-users" start master \
         sh "$config/redis-start/start-redis.sh" "$config/redis-master/redis-master.conf" \
         --tls-port "$MASTER_PORT" --bind 127.0.0.1 --dir "$STATE_DIR/master" \
         --tls-cert-file "$certs/master.crt" --tls-key-file "$certs/master.key" \
@@ -155,7 +160,7 @@ up() {
 
         say "starting the replica on 127.0.0.1:$REPLICA_PORT"
         mkdir -p "$STATE_DIR/replica"
-        REDIS_PASSWORD=$REPLICA_PASSWORD MASTER_PASSWORD=$MASTER_PASSWORD \
+        REDIS_PASSWORD=$REPLICA_PASSWORD MASTER_USER=replica MASTER_PASSWORD=$MASTER_REPLICA_PASSWORD \
             REDIS_RUN_DIR="$STATE_DIR/run/replica" start replica \
             sh "$config/redis-start/start-redis.sh" "$config/redis-replica/redis-replica.conf" \
             --port "$REPLICA_PORT" --replicaof 127.0.0.1 "$STUNNEL_PORT" \

@@ -3,7 +3,7 @@
 # the one home of the kit's image names and versions.
 #
 #   scripts/versions.sh tag read-api     -> 0.1.0
-#   scripts/versions.sh image redis      -> docker.io/library/redis:7.2.7
+#   scripts/versions.sh image redis      -> docker.io/library/redis:7.2.12
 set -euo pipefail
 
 images="$(cd "$(dirname "$0")/.." && pwd)/deploy/images/images.yaml"

@@ -2,22 +2,40 @@
 # Builds the images the e2e plays, from what this machine has (no registry is
 # reachable here):
 #
-#   build-images.sh          every image the manifests reference, under the names they use:
-#     localhost/read-api:TAG            api/Containerfile.prebuilt over the static binary
-#     docker.io/library/redis:TAG       Debian's redis-server and redis-cli with the libraries they load
-#     localhost/read-api-stunnel:TAG    Debian's stunnel with the libraries it loads
-#     docker.io/oliver006/redis_exporter:TAG   Debian's prometheus-redis-exporter
+#   build-images.sh          an image for every one the manifests reference:
+#     localhost/read-api:TAG     api/Containerfile.prebuilt over the static binary, the name the manifests use
+#     and, under names of their own (deploy/e2e/e2e_images.py, which podmanize.py rewrites the
+#     manifests' images to), images of this machine's Debian binaries and the libraries they load:
+#     redis-server and redis-cli; stunnel; prometheus-redis-exporter
 #   build-images.sh probe    localhost/read-api-e2e-probe: sh, sleep and getent, for preflight.py
 #
 # The Redis and stunnel images hold only what the pods run: the binaries, sh and
-# the few tools the start scripts and probes call.
+# the few tools the start scripts and probes call. Each runs as the user the
+# manifests give it (runAsUser), and its tag names the version of the binary,
+# which is checked here.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work="$repo/target/e2e/images"
 IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
-REDIS_IMAGE=${REDIS_IMAGE:-$("$repo/scripts/versions.sh" image redis)}
 PROBE_IMAGE=localhost/read-api-e2e-probe:latest
+
+die() { echo "build-images: $*" >&2; exit 1; }
+
+# IMAGE UID VERSION of the e2e's image standing in for kit image NAME.
+e2e_image() {
+    local line
+    line=$(awk -v name="$1" '$1 == name { print $2, $3, $4 }' <<<"$e2e_images")
+    [[ -n $line ]] || die "no e2e image for '$1' in deploy/e2e/e2e_images.py"
+    echo "$line"
+}
+
+# Fails unless TEXT (a program's version output) names VERSION, as IMAGE's tag claims.
+claims() {
+    local image=$1 version=$2 text=$3
+    [[ $text =~ (^|[^0-9.])${version//./\\.}([^0-9]|$) ]] \
+        || die "$image claims version $version, but this machine's binary says: $(head -n 1 <<<"$text"); update deploy/e2e/e2e_images.py"
+}
 
 # Copies each program and every library ldd says it loads into ROOT.
 copy_programs() {
@@ -62,24 +80,36 @@ build_api() {
 }
 
 build_redis() {
+    local line image uid version
+    line=$(e2e_image redis)
+    read -r image uid version <<<"$line"
+    claims "$image" "$version" "$(redis-server --version)"
     rm -rf "$work/redis"
     copy_programs "$work/redis" redis-server redis-cli sh mkdir grep date sleep
-    import_rootfs "$work/redis" "$REDIS_IMAGE" redis 999
+    import_rootfs "$work/redis" "$image" redis "$uid"
 }
 
 build_stunnel() {
+    local line image uid version
+    line=$(e2e_image read-api-stunnel)
+    read -r image uid version <<<"$line"
+    claims "$image" "$version" "$(stunnel4 -version 2>&1 | grep -m1 '^stunnel ')"
     rm -rf "$work/stunnel"
     copy_programs "$work/stunnel" stunnel4 sh bash sed mkdir grep sleep
     ln -s stunnel4 "$work/stunnel/usr/bin/stunnel"
-    import_rootfs "$work/stunnel" "localhost/read-api-stunnel:$IMAGE_TAG" stunnel 10001
+    import_rootfs "$work/stunnel" "$image" stunnel "$uid"
 }
 
 # Debian's build of the same program; the manifests start it as /redis_exporter.
 build_redis_exporter() {
+    local line image uid version
+    line=$(e2e_image redis-exporter)
+    read -r image uid version <<<"$line"
+    claims "$image" "$version" "$(prometheus-redis-exporter --version 2>&1)"
     rm -rf "$work/redis-exporter"
     copy_programs "$work/redis-exporter" prometheus-redis-exporter
     ln -s /usr/bin/prometheus-redis-exporter "$work/redis-exporter/redis_exporter"
-    import_rootfs "$work/redis-exporter" "$("$repo/scripts/versions.sh" image redis-exporter)" redis_exporter 59000
+    import_rootfs "$work/redis-exporter" "$image" redis_exporter "$uid"
 }
 
 build_probe() {
@@ -92,7 +122,10 @@ main() {
     : "${CONTAINERS_CONF:?build-images: run through make e2e, which sets CONTAINERS_CONF}"
     cd "$repo"
     case ${1:-all} in
-        all) build_api && build_redis && build_stunnel && build_redis_exporter ;;
+        all)
+            e2e_images=$("$repo/.venv/bin/python" "$repo/deploy/e2e/e2e_images.py")
+            build_api && build_redis && build_stunnel && build_redis_exporter
+            ;;
         probe) build_probe ;;
         *) echo "usage: build-images.sh [all|probe]" >&2; exit 2 ;;
     esac

@@ -18,7 +18,10 @@ def podman_ready():
 
 @pytest.fixture(scope="session")
 def passwords():
-    return {"master": secrets.token_hex(16), "replica": secrets.token_hex(16)}
+    """master: the admin (default user); replica: the pod-local replicas' own;
+    master-replica, heartbeat, exporter: the master's ACL users (acl-users.conf)."""
+    names = ("master", "replica", "master-replica", "heartbeat", "exporter")
+    return {name: secrets.token_hex(16) for name in names}
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +30,12 @@ def kit_network(passwords):
     kit.WORK.mkdir(parents=True, exist_ok=True)
     kit.teardown()
     kit.certificates()
-    kit.secret_config_maps(passwords["master"], passwords["replica"])
+    users = {
+        "replica": passwords["master-replica"],
+        "heartbeat": passwords["heartbeat"],
+        "exporter": passwords["exporter"],
+    }
+    kit.secret_config_maps(passwords["master"], passwords["replica"], users)
     kit.podman("network", "create", kit.NETWORK)
     try:
         yield

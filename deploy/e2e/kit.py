@@ -8,6 +8,7 @@ a run left behind (make e2e-down, after E2E_KEEP=1).
 import http.client
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -136,15 +137,27 @@ def certificates():
         subprocess.run(["bash", str(REPO / "scripts/gen-certs.sh")], env=env, check=True, capture_output=True)
 
 
-def secret_config_maps(master_password, replica_password):
-    """The Secrets a cluster would hold, as ConfigMaps of the same names (podman 4.3 reads no Secrets)."""
+def secret_config_maps(master_password, replica_password, users=None):
+    """The Secrets a cluster would hold, as ConfigMaps of the same names (podman 4.3 reads no Secrets),
+    with the keys make deploy-master writes. users: the passwords of the master's ACL users
+    replica, heartbeat and exporter (deploy/config/redis-master/acl-users.conf); new ones if not given."""
+    users = users or {name: secrets.token_hex(16) for name in ("replica", "heartbeat", "exporter")}
     certs, rogue = WORK / "certs", WORK / "rogue-certs"
     ca = (certs / "ca.crt").read_text()
 
     def config_map(name, data):
         return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
 
-    connection = {"port": "6380", "user": "default", "password": master_password, "ca.crt": ca}
+    connection = {
+        "port": "6380",
+        "user": "default",
+        "password": master_password,
+        "replica-user": "replica",
+        "replica-password": users["replica"],
+        "heartbeat-password": users["heartbeat"],
+        "exporter-password": users["exporter"],
+        "ca.crt": ca,
+    }
     maps = [
         config_map("redis-master", {"host": "redis-master", **connection}),
         config_map("redis-master-bad", {"host": "redis-master-bad", **connection}),

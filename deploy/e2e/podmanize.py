@@ -17,6 +17,9 @@ Every change is something podman lacks, never a change of what the pods run
   (the e2e runner creates those ConfigMaps).
 - podman does not expand $(VAR) in env values: they are expanded here, from the
   variables defined before them in the same container.
+- Images that the e2e builds from this machine's Debian binaries get the
+  names it builds them under (e2e_images.py): the manifests keep the names a
+  cluster pulls, and podman never finds a local build under those names.
 - Kinds with no podman equivalent are dropped (Namespace, Service,
   ServiceAccount, NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget,
   PodMonitor): pods on one podman network reach each other by pod name.
@@ -36,6 +39,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from e2e_images import e2e_image, stand_ins
 
 DROPPED = {
     "Namespace",
@@ -121,6 +125,11 @@ def unpublish_the_rest(spec):
             container.pop("ports", None)
 
 
+def use_e2e_images(spec, mapping):
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        container["image"] = e2e_image(container["image"], mapping)
+
+
 def pods_of(workload, ports, renames, volume_dir):
     name = renames.get(workload["metadata"]["name"], workload["metadata"]["name"])
     replicas = workload["spec"].get("replicas", 1)
@@ -129,6 +138,7 @@ def pods_of(workload, ports, renames, volume_dir):
     for index in range(replicas):
         pod_name = name if workload["kind"] == "StatefulSet" and replicas == 1 else f"{name}-{index}"
         spec = copy.deepcopy(template["spec"])
+        use_e2e_images(spec, stand_ins())
         publish(spec, ports, index)
         unpublish_the_rest(spec)
         for claim in claims:

@@ -3,6 +3,7 @@ real Kubernetes schemas, and read for what the topology promises."""
 
 import re
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -18,7 +19,20 @@ RENDERED = ["base", "overlays/sidecar", "overlays/central", "master", "tests/all
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
 # Secrets the user (or make deploy-*) creates; the manifests only refer to them.
 SECRETS = {
-    "redis-master": {"host", "port", "user", "password", "ca.crt"},
+    "redis-master": {
+        "host",
+        "port",
+        "ca.crt",
+        # The account the central API reads with (the admin, on the in-cluster master).
+        "user",
+        "password",
+        # The account replicas follow the master with (user "replica" in acl-users.conf).
+        "replica-user",
+        "replica-password",
+        # The in-cluster master's users for the containers beside it (acl-users.conf).
+        "heartbeat-password",
+        "exporter-password",
+    },
     "read-api-replica": {"password"},
     "redis-master-tls": {"tls.crt", "tls.key", "ca.crt"},
 }
@@ -116,7 +130,10 @@ CONFIG_MAPS = {
         "redis-replica-config": "redis-replica/redis-replica.conf",
         "stunnel-config": "stunnel/stunnel.conf stunnel/start-stunnel.sh",
     },
-    "master": {"redis-start": "redis-start/start-redis.sh", "redis-master-config": "redis-master/redis-master.conf"},
+    "master": {
+        "redis-start": "redis-start/start-redis.sh",
+        "redis-master-config": "redis-master/redis-master.conf redis-master/acl-users.conf",
+    },
     "overlays/central": {},
 }
 
@@ -184,11 +201,29 @@ def test_api_reads_the_local_replica():
     assert replica["save"] == '""' and replica["appendonly"] == "no"
 
 
+def secret_file(spec, c, path):
+    """(Secret, key) of the file at `path` in container `c`."""
+    mount = next(m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    name = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+    [key] = [i["key"] for i in volume["secret"]["items"] if i["path"] == name]
+    return volume["secret"]["secretName"], key
+
+
 def test_replica_and_master_passwords_come_from_separate_secrets():
     spec = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))
-    redis = env(container(spec, "redis"))
-    assert redis["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "read-api-replica", "key": "password"}
-    assert redis["MASTER_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "password"}
+    redis = container(spec, "redis")
+    variables = env(redis)
+    assert variables["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "read-api-replica", "key": "password"}
+    # The replica follows as the master's user for replicas, not with the account the central API reads with;
+    # its password is a file of the redis container alone.
+    assert variables["MASTER_USER"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "replica-user"}
+    path = variables["MASTER_PASSWORD_FILE"]["value"]
+    assert secret_file(spec, redis, path) == ("redis-master", "replica-password")
+    volume = next(m["name"] for m in redis["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert [c["name"] for c in all_containers(spec) if volume in {m["name"] for m in c.get("volumeMounts", [])}] == [
+        "redis"
+    ]
     api = env(container(spec, "api"))
     assert api["REPLICA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "read-api-replica", "key": "password"}
 
@@ -212,13 +247,40 @@ def test_in_cluster_master_is_tls_only_with_a_secret_password_and_a_volume():
     service = one("master", "Service", "redis-master")
     assert [p["port"] for p in service["spec"]["ports"]] == [int(conf["tls-port"])]
     redis = container(pod_spec(master), "redis")
-    assert env(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-master"
+    assert secret_file(pod_spec(master), redis, env(redis)["REDIS_PASSWORD_FILE"]["value"]) == (
+        "redis-master",
+        "password",
+    )
     # Snapshots keep the replication ID across a restart (an AOF would not): replicas resume partially.
     assert conf["appendonly"] == "no" and conf["save"]
     assert conf["client-output-buffer-limit"] == "replica 256mb 0 0"
     data = next(m for m in redis["volumeMounts"] if m["name"] == "data")
     assert data["mountPath"] == redis["workingDir"]
     assert [t["metadata"]["name"] for t in master["spec"]["volumeClaimTemplates"]] == ["data"]
+
+
+def test_the_master_creates_a_user_for_each_password_it_mounts():
+    """The users volume maps Secret keys to files named as the users of
+    acl-users.conf, which start-redis.sh reads; the containers beside the master
+    log in as users defined there."""
+    spec = pod_spec(one("master", "StatefulSet", "redis-master"))
+    config = config_map("master", "redis-master-config")["data"]
+    defined = set(re.findall(r"^user (\S+) ", config["acl-users.conf"], re.M))
+    redis = container(spec, "redis")
+    variables = env(redis)
+    users_file = variables["REDIS_USERS_FILE"]["value"]
+    conf_mount = next(m for m in redis["volumeMounts"] if m["name"] == "config")
+    assert users_file == f"{conf_mount['mountPath']}/acl-users.conf"
+    users_mount = next(m for m in redis["volumeMounts"] if m["mountPath"] == variables["REDIS_USERS_DIR"]["value"])
+    volume = next(v for v in spec["volumes"] if v["name"] == users_mount["name"])
+    assert volume["secret"]["secretName"] == "redis-master"
+    expected = {u: f"{u}-password" for u in defined} | {"default": "password"}
+    assert {i["path"]: i["key"] for i in volume["secret"]["items"]} == expected
+    assert variables["REDIS_PASSWORD_FILE"]["value"] == f"{users_mount['mountPath']}/default"
+    for name in ("heartbeat", "redis-exporter"):
+        assert env(container(spec, name))["REDIS_USER"]["value"] in defined, name
+        mounted = {m["name"] for m in container(spec, name).get("volumeMounts", [])}
+        assert users_mount["name"] not in mounted, f"{name} sees every user's password"
 
 
 # --- production defaults, every container of every workload ---------------
@@ -238,7 +300,11 @@ def test_production_defaults(target, workload, c):
     pod_security = spec.get("securityContext", {})
     security = c.get("securityContext", {})
     assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True
-    assert (security.get("runAsUser") or pod_security.get("runAsUser", 0)) != 0
+    # Set on every container, and 10000 or more: clear of the users and groups
+    # of the nodes and of the images' own (redis is 999 in the official image).
+    assert security.get("runAsUser", 0) >= 10000, f"runAsUser {security.get('runAsUser')}"
+    assert security.get("runAsGroup", 0) >= 10000, f"runAsGroup {security.get('runAsGroup')}"
+    assert pod_security.get("fsGroup", 10000) >= 10000, f"fsGroup {pod_security.get('fsGroup')}"
     assert security.get("readOnlyRootFilesystem") is True
     assert security.get("allowPrivilegeEscalation") is False
     assert security.get("capabilities", {}).get("drop") == ["ALL"]
@@ -251,6 +317,36 @@ def test_production_defaults(target, workload, c):
     assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"image {image} not pinned"
     assert c.get("imagePullPolicy") in ("IfNotPresent", "Always")
     assert spec.get("automountServiceAccountToken") is False
+
+
+def test_the_e2e_images_run_as_the_manifests_users():
+    """deploy/e2e builds Redis, stunnel and redis_exporter images from Debian's
+    binaries (e2e_images.py names them and their users): each runs as the user
+    the manifests give every container of the image it stands in for."""
+    e2e_images = e2e_images_module()
+    mapping = e2e_images.stand_ins()
+    users = {image: uid for image, uid, _ in e2e_images.E2E_IMAGES.values()}
+    seen = set()
+    for target in RENDERED:
+        for workload in workloads(target):
+            for c in all_containers(pod_spec(workload)):
+                image = e2e_images.e2e_image(c["image"], mapping)
+                if image in users:
+                    assert c["securityContext"]["runAsUser"] == users[image], f"{target}: {c['name']} ({image})"
+                    seen.add(image)
+    assert seen == set(users), f"e2e images for no container: {set(users) - seen}"
+    script = (DEPLOY / "e2e/build-images.sh").read_text()
+    calls = re.findall(r"^\s*import_rootfs .*$", script, re.M)
+    assert calls and all(c.endswith('"$uid"') or "PROBE_IMAGE" in c for c in calls), calls
+
+
+def e2e_images_module():
+    sys.path.insert(0, str(DEPLOY / "e2e"))
+    try:
+        import e2e_images
+    finally:
+        sys.path.pop(0)
+    return e2e_images
 
 
 @pytest.mark.parametrize("target", RENDERED)
@@ -348,16 +444,96 @@ def test_all_components_compose():
         assert mounts.get(str(Path(socket).parent)) == "redis-socket", f"{name} does not share the socket"
 
 
-def test_network_policy_lets_only_api_pods_reach_the_master():
-    policies = {o["metadata"]["name"]: o for o in objects("tests/all-components") if o["kind"] == "NetworkPolicy"}
-    master = policies["redis-master-ingress"]["spec"]
-    assert master["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis-master"}
-    rule, metrics = master["ingress"]
-    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "read-api"}}}]
-    assert [p["port"] for p in rule["ports"]] == ["redis-tls"]
-    assert "from" not in metrics and [p["port"] for p in metrics["ports"]] == ["redis-metrics"]
-    api = policies["read-api-ingress"]["spec"]
-    assert sorted(p["port"] for p in api["ingress"][0]["ports"]) == ["admin", "http", "redis-metrics"]
+# --- network policies, on by default ----------------------------------------
+
+MONITORING = [{"namespaceSelector": {"matchLabels": {"read-api.io/monitoring": "true"}}}]
+
+
+def policies(target):
+    return {o["metadata"]["name"]: o["spec"] for o in objects(target) if o["kind"] == "NetworkPolicy"}
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions with In) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("target", RENDERED)
+def test_every_pod_is_isolated_both_ways(target):
+    """Every pod of every render is selected by an ingress and an egress policy of the same render."""
+    found = policies(target)
+    for workload in workloads(target):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        for kind in ("Ingress", "Egress"):
+            assert any(kind in p["policyTypes"] and selects(p["podSelector"], labels) for p in found.values()), (
+                f"{target}: no {kind} policy selects {workload['metadata']['name']}"
+            )
+
+
+@pytest.mark.parametrize("target", ["overlays/sidecar", "overlays/central"])
+def test_api_pods_take_the_public_port_from_anywhere_the_rest_from_monitoring(target):
+    ingress = policies(target)["read-api-ingress"]
+    assert ingress["policyTypes"] == ["Ingress"]
+    public, monitoring = ingress["ingress"]
+    assert "from" not in public and [p["port"] for p in public["ports"]] == ["http"]
+    assert monitoring["from"] == MONITORING
+    assert sorted(p["port"] for p in monitoring["ports"]) == ["admin", "redis-metrics"]
+    service = one(target, "Service", "read-api")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize("target", ["overlays/sidecar", "overlays/central"])
+def test_api_pods_reach_only_dns_and_the_master(target):
+    egress = policies(target)["read-api-egress"]
+    assert egress["policyTypes"] == ["Egress"]
+    dns, master = egress["egress"]
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"), (53, "UDP")]
+    assert master["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis-master"}}}]
+    conf = conf_lines(config_map("master", "redis-master-config")["data"]["redis-master.conf"])
+    [port] = one("master", "Service", "redis-master")["spec"]["ports"]
+    assert [(p["port"], p["protocol"]) for p in master["ports"]] == [(int(conf["tls-port"]), "TCP")]
+    assert port["port"] == int(conf["tls-port"]), "the Service and the pod agree on the port egress names"
+    for name in ("read-api", "read-api-heartbeat"):
+        assert selects(egress["podSelector"], {"app.kubernetes.io/name": name}), name
+
+
+def test_the_master_takes_only_api_pods_on_its_tls_port_and_connects_to_nothing():
+    found = policies("master")
+    ingress = found["redis-master-ingress"]
+    clients, monitoring = ingress["ingress"]
+    [source] = clients["from"]
+    assert set(source) == {"podSelector"}, "pods of the master's namespace only"
+    for name, allowed in [("read-api", True), ("read-api-heartbeat", True), ("redis-master", False), ("x", False)]:
+        assert selects(source["podSelector"], {"app.kubernetes.io/name": name}) is allowed, name
+    assert [p["port"] for p in clients["ports"]] == ["redis-tls"]
+    assert monitoring["from"] == MONITORING and [p["port"] for p in monitoring["ports"]] == ["redis-metrics"]
+    egress = found["redis-master-egress"]
+    assert egress["policyTypes"] == ["Egress"] and not egress.get("egress"), "no egress at all"
+    api = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))["containers"]
+    assert all(p["name"] != "redis-tls" for c in api for p in c.get("ports", []))
+
+
+def test_the_monitoring_selector_is_one_and_the_same_everywhere():
+    selectors = [
+        rule["from"]
+        for target in ("tests/all-components", "master")
+        for spec in policies(target).values()
+        for rule in spec.get("ingress", [])
+        if any("namespaceSelector" in f for f in rule.get("from", []))
+    ]
+    assert len(selectors) == 2 and all(s == MONITORING for s in selectors)
 
 
 def test_pod_monitor_scrapes_the_admin_port():

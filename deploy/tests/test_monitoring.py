@@ -401,8 +401,10 @@ def test_the_master_exporter_reads_the_master_over_tls_with_the_ca_only(master):
     volume = mounted_file(spec, exporter, flags(exporter)["tls-ca-cert-file"])
     assert volume["secret"]["secretName"] == "redis-master-tls"
     assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"], "the master's key stays in its own container"
+    # Its own ACL user (acl-users.conf), never the admin: test_acl.py runs it.
+    assert env(exporter)["REDIS_USER"]["value"] == "exporter"
     password = env(exporter)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert password == {"name": "redis-master", "key": "password"}
+    assert password == {"name": "redis-master", "key": "exporter-password"}
 
 
 def exporters(rendered, master):
@@ -489,7 +491,13 @@ def test_the_master_heartbeat_writes_to_its_tls_port_with_the_ca(master):
     assert args[args.index("-h") + 1] == "localhost"
     volume = mounted_file(spec, heartbeat, args[args.index("--cacert") + 1])
     assert volume["secret"] == {"secretName": "redis-master-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
-    assert env(heartbeat)["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "password"}
+    # Its own ACL user (acl-users.conf), never the admin: test_acl.py runs it.
+    assert env(heartbeat)["REDIS_USER"]["value"] == "heartbeat"
+    assert "REDISCLI_AUTH" not in env(heartbeat), "the password is a file, not in the environment"
+    password = env(heartbeat)["REDISCLI_AUTH_FILE"]["value"]
+    volume = mounted_file(spec, heartbeat, password)
+    assert volume["secret"]["secretName"] == "redis-master"
+    assert volume["secret"]["items"] == [{"key": "heartbeat-password", "path": password.rsplit("/", 1)[1]}]
 
 
 def test_the_hosted_master_heartbeat_goes_through_a_stunnel_like_the_replicas(rendered):
@@ -499,7 +507,10 @@ def test_the_hosted_master_heartbeat_goes_through_a_stunnel_like_the_replicas(re
     assert accept.startswith("127.0.0.1:")
     args = heartbeat["args"]
     assert f"{args[args.index('-h') + 1]}:{args[args.index('-p') + 1]}" == accept
-    assert env(heartbeat)["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "password"}
+    password = env(heartbeat)["REDISCLI_AUTH_FILE"]["value"]
+    volume = mounted_file(spec, heartbeat, password)
+    assert volume["secret"]["secretName"] == "redis-master"
+    assert volume["secret"]["items"] == [{"key": "password", "path": password.rsplit("/", 1)[1]}]
     assert env(heartbeat)["REDIS_USER"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "user"}
     # The same stunnel as in an API pod: image, command, settings, mounts.
     api_spec = pod_spec(one(rendered, "Deployment", "read-api"))
@@ -519,21 +530,28 @@ def test_the_heartbeat_script_sets_the_time_in_milliseconds(master, tmp_path):
     run.mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "redis-cli").write_text(f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\necho OK\n')
+    (bin_dir / "redis-cli").write_text(f'#!/bin/sh\necho "$REDISCLI_AUTH $*" >>{tmp_path}/calls\necho OK\n')
     # The first sleep ends the loop the way the kubelet does: SIGTERM to the shell.
     (bin_dir / "sleep").write_text("#!/bin/sh\nkill -TERM $PPID\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
+    (tmp_path / "password").write_text("from-the-file")  # as a Secret's key: no newline
     result = subprocess.run(
         ["sh", "-c", script.replace("/run/heartbeat", str(run)), "heartbeat", "-h", "127.0.0.1", "-p", "6390"],
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "REDIS_USER": "writer"},
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "REDIS_USER": "writer",
+            "REDISCLI_AUTH_FILE": str(tmp_path / "password"),
+        },
         capture_output=True,
         text=True,
         timeout=20,
     )
     assert result.returncode == 0, result.stderr
     [call] = (tmp_path / "calls").read_text().splitlines()
-    match = re.fullmatch(rf"--user writer -h 127\.0\.0\.1 -p 6390 SET {re.escape(heartbeat_key())} (\d+)", call)
+    match = re.fullmatch(
+        rf"from-the-file --user writer -h 127\.0\.0\.1 -p 6390 SET {re.escape(heartbeat_key())} (\d+)", call
+    )
     assert match, call
     millis = match.group(1)
     assert len(millis) == 13, f"{millis} is not Unix time in milliseconds"

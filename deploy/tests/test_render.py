@@ -51,10 +51,10 @@ def test_the_api_image_tag_is_the_crate_version():
 
 
 def test_every_rendered_image_comes_from_deploy_images():
-    home = {
-        doc["imageTag"]["newName"]: doc["imageTag"]["newTag"]
-        for doc in yaml.safe_load_all((REPO / "deploy/images/images.yaml").read_text())
-    }
+    home = {}
+    for doc in yaml.safe_load_all((REPO / "deploy/images/images.yaml").read_text()):
+        tag = doc["imageTag"]
+        home[tag["newName"]] = tag["newTag"] + (f"@{tag['digest']}" if "digest" in tag else "")
     for topology in ["sidecar", "central", "master"]:
         for image in {
             c["image"]
@@ -62,7 +62,8 @@ def test_every_rendered_image_comes_from_deploy_images():
             if "template" in obj.get("spec", {})
             for c in obj["spec"]["template"]["spec"]["containers"]
         }:
-            name, _, tag = image.rpartition(":")
+            name, _, tag = image.split("@")[0].rpartition(":")
+            tag += image[len(name) + 1 + len(tag) :]
             assert home.get(name) == tag, f"{topology}: {image} is not in deploy/images/images.yaml"
 
 
@@ -112,3 +113,46 @@ def test_the_hpa_component_leaves_the_replica_count_to_the_hpa(tmp_path):
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     assert "replicas" not in deployment["spec"]
     assert any(o["kind"] == "HorizontalPodAutoscaler" for o in objects)
+
+
+# --- network policies in a kustomization of yours -----------------------------
+
+
+def readme_patches():
+    """The `patches:` blocks of the network-policy component's README, as written there."""
+    text = (REPO / "deploy/components/network-policy/README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    return [yaml.safe_load(block)["patches"] for block in blocks if block.startswith("patches:")]
+
+
+def network_policies(objects):
+    return {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+
+
+def test_the_old_network_policy_component_still_builds_and_adds_nothing(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    without = network_policies(user_kustomization(tmp_path / "a", "overlays/sidecar", []))
+    with_it = network_policies(user_kustomization(tmp_path / "b", "overlays/sidecar", ["network-policy"]))
+    assert with_it == without and set(without) == {"read-api-ingress", "read-api-egress"}
+
+
+def test_the_readme_patches_choose_the_monitoring_namespaces_and_let_a_hosted_master_in(tmp_path):
+    selector, hosted = readme_patches()
+    policies = {}
+    for base, components in [("overlays/sidecar", ["components/heartbeat"]), ("master", [])]:
+        path = tmp_path / base.replace("/", "-")
+        path.mkdir()
+        rel = lambda p, path=path: os.path.relpath(REPO / "deploy" / p, path)  # noqa: E731
+        doc = {"resources": [rel(base)], "components": [rel(c) for c in components], "patches": selector + hosted}
+        (path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        policies.update(network_policies(d for d in yaml.safe_load_all(result.stdout) if d))
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    for name in ("read-api-ingress", "redis-master-ingress"):
+        assert policies[name]["ingress"][1]["from"] == monitoring, name
+    *kept, added = policies["read-api-egress"]["egress"]
+    assert len(kept) == 2, "DNS and the in-cluster master stay"
+    assert added == {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 6380, "protocol": "TCP"}]}
+    assert "egress" not in policies["redis-master-egress"]

@@ -213,15 +213,14 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
         kit.wait_for("the master back", master.ping, 120, every=0.5)
     kit.wait_for("the link up", lambda: pod.metric("read_api_replica_link_up") == 1, 120)
 
-    master.config_set("requirepass", "not-the-password")
+    # The replicas log in as the master's ACL user "replica" (acl-users.conf).
+    master.execute_command("ACL", "SETUSER", "replica", "resetpass", ">not-the-password")
     try:
-        master.execute_command("AUTH", "not-the-password")
         master.execute_command("CLIENT", "KILL", "TYPE", "replica")
         kit.wait_for("the link down", lambda: pod.metric("read_api_replica_link_up") == 0, 60)
         actual["master refuses the password"] = probe_results(pod, probes)
     finally:
-        master.config_set("requirepass", passwords["master"])
-        master.execute_command("AUTH", passwords["master"])
+        master.execute_command("ACL", "SETUSER", "replica", "resetpass", f">{passwords['master-replica']}")
     kit.wait_for("the link up", lambda: pod.metric("read_api_replica_link_up") == 1, 120)
 
     # A full sync held before the snapshot (the master waits repl-diskless-sync-delay for more

@@ -1,0 +1,154 @@
+"""What scripts/deploy.sh (make deploy-master, make master-secret, make
+deploy-sidecar) puts in the Secret redis-master, against a kubectl that records
+what it would apply (fake_kubectl.py): every key the manifests read, and the
+replicas' own account."""
+
+import base64
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_manifests import SECRETS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """PATH with the fake kubectl first; returns a runner of deploy.sh and the stored objects."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    state_dir = state
+    bin_dir.mkdir()
+    state.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / "fake_kubectl.py"} "$@"\n')
+    kubectl.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "FAKE_KUBE_STATE": str(state),
+        "REAL_KUBECTL": shutil.which("kubectl"),
+        "CERTS_DIR": str(tmp_path / "certs"),
+    }
+
+    class Cluster:
+        def deploy(self, *args, **extra):
+            return subprocess.run(
+                ["scripts/deploy.sh", *args],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                env={**env, **extra},
+                timeout=120,
+            )
+
+        def secret(self, name):
+            path = state / f"Secret.{name}.yaml"
+            assert path.exists(), f"no Secret {name} applied"
+            data = yaml.safe_load(path.read_text())["data"]
+            return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+        state = state_dir
+
+        def applied(self, kind):
+            return [p.name for p in state.glob(f"{kind}.*.yaml")]
+
+        def store(self, obj):
+            (state / f"{obj['kind']}.{obj['metadata']['name']}.yaml").write_text(yaml.safe_dump(obj))
+
+    return Cluster()
+
+
+def test_deploy_master_writes_every_key_the_manifests_read(cluster):
+    result = cluster.deploy("master")
+    assert result.returncode == 0, result.stderr
+    secret = cluster.secret("redis-master")
+    assert set(secret) == SECRETS["redis-master"]
+    assert secret["user"] == "default", "the admin: the central topology reads with it"
+    assert secret["replica-user"] == "replica", "the user of acl-users.conf for replicas"
+    passwords = [secret[k] for k in ("password", "replica-password", "heartbeat-password", "exporter-password")]
+    assert len(set(passwords)) == 4, "every user has its own password"
+    assert all(len(p) == 48 and int(p, 16) >= 0 for p in passwords), "hex: URL-safe and plain in redis.conf"
+    assert set(cluster.secret("redis-master-tls")) == SECRETS["redis-master-tls"]
+
+    # A second run keeps the passwords the running master and its replicas use.
+    assert cluster.deploy("master").returncode == 0
+    assert cluster.secret("redis-master") == secret
+
+
+def hosted(**extra):
+    return {"MASTER_HOST": "redis.example.net", "MASTER_PORT": "6380", "MASTER_PASSWORD": "app-pw", **extra}
+
+
+def test_master_secret_gives_the_replicas_the_same_account_unless_told(cluster, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here\n")
+    result = cluster.deploy("master-secret", **hosted(MASTER_USER="app", MASTER_CA=str(ca)))
+    assert result.returncode == 0, result.stderr
+    secret = cluster.secret("redis-master")
+    assert (secret["user"], secret["password"]) == ("app", "app-pw")
+    assert (secret["replica-user"], secret["replica-password"]) == ("app", "app-pw")
+    assert "replicas log in as 'app'" in result.stderr
+
+    result = cluster.deploy(
+        "master-secret",
+        **hosted(MASTER_USER="app", MASTER_CA=str(ca), MASTER_REPLICA_USER="repl", MASTER_REPLICA_PASSWORD="repl-pw"),
+    )
+    assert result.returncode == 0, result.stderr
+    secret = cluster.secret("redis-master")
+    assert (secret["user"], secret["password"]) == ("app", "app-pw")
+    assert (secret["replica-user"], secret["replica-password"]) == ("repl", "repl-pw")
+    assert set(secret) <= SECRETS["redis-master"]
+
+
+def test_master_secret_wants_a_password_with_a_replica_user(cluster, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x\n")
+    result = cluster.deploy("master-secret", **hosted(MASTER_CA=str(ca), MASTER_REPLICA_USER="repl"))
+    assert result.returncode != 0
+    assert "MASTER_REPLICA_USER needs MASTER_REPLICA_PASSWORD" in result.stderr
+
+
+def test_the_sidecar_refuses_a_master_secret_without_the_replicas_account(cluster):
+    """A Secret written before the replicas had their own user: say what to run, deploy nothing."""
+    data = {"host": "h", "port": "6380", "user": "default", "password": "pw", "ca.crt": "x"}
+    cluster.store(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "redis-master"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+    )
+    result = cluster.deploy("sidecar")
+    assert result.returncode != 0
+    assert "no replica-password" in result.stderr and "make master-secret" in result.stderr
+    assert not cluster.applied("Deployment")
+
+
+def pod_annotations(cluster, kind, name):
+    obj = yaml.safe_load((cluster.state / f"{kind}.{name}.yaml").read_text())
+    return obj["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def test_pods_roll_when_a_secret_they_read_changes(cluster):
+    """The pod templates carry a hash of the Secrets their pods read: a new
+    password or certificate changes the template, and so rolls the pods."""
+    assert cluster.deploy("master").returncode == 0
+    first = pod_annotations(cluster, "StatefulSet", "redis-master")["read-api.io/secrets-hash"]
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert cluster.deploy("master").returncode == 0
+    assert pod_annotations(cluster, "StatefulSet", "redis-master")["read-api.io/secrets-hash"] == first
+
+    result = cluster.deploy("sidecar")
+    assert result.returncode == 0, result.stderr
+    api = pod_annotations(cluster, "Deployment", "read-api")["read-api.io/secrets-hash"]
+    secret = yaml.safe_load((cluster.state / "Secret.read-api-replica.yaml").read_text())
+    secret["data"]["password"] = base64.b64encode(b"a new password").decode()
+    cluster.store(secret)
+    assert cluster.deploy("sidecar").returncode == 0
+    assert pod_annotations(cluster, "Deployment", "read-api")["read-api.io/secrets-hash"] not in ("", api)

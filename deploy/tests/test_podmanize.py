@@ -1,0 +1,72 @@
+"""deploy/e2e/podmanize.py without podman: what it makes of the rendered
+manifests the e2e plays (the e2e itself runs them, make e2e)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+E2E = REPO / "deploy/e2e"
+sys.path.insert(0, str(E2E))
+import e2e_images  # noqa: E402
+
+
+def render(target):
+    return subprocess.run(
+        ["kubectl", "kustomize", str(REPO / "deploy" / target)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def podmanize(rendered, *args):
+    result = subprocess.run(
+        [sys.executable, E2E / "podmanize.py", *args], input=rendered, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def images(docs):
+    return {
+        c["name"]: c["image"]
+        for doc in docs
+        if doc["kind"] == "Pod"
+        for c in doc["spec"].get("initContainers", []) + doc["spec"]["containers"]
+    }
+
+
+def test_the_e2e_plays_its_own_images_and_the_manifests_keep_the_clusters():
+    rendered = render("e2e/sidecar")
+    cluster = images([{"kind": "Pod", "spec": d["spec"]["template"]["spec"]} for d in yaml.safe_load_all(rendered)
+                      if d and d["kind"] == "Deployment"])  # fmt: skip
+    played = images(podmanize(rendered, "--replicas", "1"))
+    stand_in = {name: image for name, (image, _, _) in e2e_images.E2E_IMAGES.items()}
+    assert played["redis"] == stand_in["redis"]
+    assert played["stunnel"] == stand_in["read-api-stunnel"]
+    assert played["redis-exporter"] == stand_in["redis-exporter"]
+    # The API image is built from the kit's own Containerfile, under the name the manifests use.
+    assert played["api"] == cluster["api"]
+    for name in ("redis", "stunnel", "redis-exporter"):
+        assert cluster[name] != played[name] and not cluster[name].startswith("localhost/e2e-"), name
+
+
+def test_an_image_is_matched_by_repository_whatever_its_tag_or_digest():
+    mapping = {"docker.io/library/redis": "localhost/e2e-redis:debian-7.0"}
+    digest = "sha256:" + "0" * 64
+    for image in (
+        "docker.io/library/redis:7.4.2",
+        f"docker.io/library/redis:7.4.2@{digest}",
+        "docker.io/library/redis",
+    ):
+        assert e2e_images.e2e_image(image, mapping) == "localhost/e2e-redis:debian-7.0", image
+    assert e2e_images.e2e_image("localhost:5000/redis:1", mapping) == "localhost:5000/redis:1"
+    assert e2e_images.e2e_image("docker.io/library/redis-stack:7", mapping) == "docker.io/library/redis-stack:7"
+
+
+def test_podman_gets_no_network_policy():
+    """podman enforces none: podmanize drops them, and the pods reach each other by name."""
+    rendered = render("e2e/sidecar")
+    assert "kind: NetworkPolicy" in rendered
+    kinds = {doc["kind"] for doc in podmanize(rendered, "--replicas", "1")}
+    assert kinds == {"Pod", "ConfigMap"}
