@@ -79,6 +79,13 @@ def peak_memory(container):
     return int(open(f"{base}/memory.max_usage_in_bytes").read()), int(open(f"{base}/memory.limit_in_bytes").read())
 
 
+def why(container):
+    """What podman knows about a container that restarted: its health log and last lines."""
+    health = kit.podman("inspect", "--format", "{{json .State.Health}}", container, check=False).stdout.strip()
+    logs = kit.podman("logs", "--tail", "5", container, check=False)
+    return f"health {health[:600]}; logs: {(logs.stdout + logs.stderr)[-600:]}"
+
+
 def repl_bytes(master):
     return int(master.info("stats")["total_net_repl_output_bytes"])
 
@@ -122,7 +129,9 @@ def test_cold_start(cold_start, master, summary):
     for pod in pods:
         for part in ("api", "redis", "stunnel"):
             oom, restarts, _ = container_state(f"{pod.name}-{part}")
-            assert not oom and restarts == 0, f"{pod.name}-{part}: OOM-killed {oom}, restarted {restarts} times"
+            assert not oom and restarts == 0, (
+                f"{pod.name}-{part}: OOM-killed {oom}, restarted {restarts} times; {why(f'{pod.name}-{part}')}"
+            )
         peak, limit = peak_memory(f"{pod.name}-redis")
         assert peak < limit
         peaks.append((peak, limit))
@@ -323,4 +332,6 @@ def test_no_container_was_killed_or_restarted(cold_start):
     for pod in cold_start["pods"]:
         for part in ("api", "redis", "stunnel"):
             oom, restarts, _ = container_state(f"{pod.name}-{part}")
-            assert not oom and restarts == 0, f"{pod.name}-{part}: OOM-killed {oom}, restarted {restarts} times"
+            assert not oom and restarts == 0, (
+                f"{pod.name}-{part}: OOM-killed {oom}, restarted {restarts} times; {why(f'{pod.name}-{part}')}"
+            )
