@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from test_manifests import conf_lines
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -158,16 +159,6 @@ def flags(c) -> dict[str, str]:
         name, _, value = arg[2:].partition("=")
         parsed[name] = value
     return parsed
-
-
-def conf_lines(text: str) -> dict[str, str]:
-    lines = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", ";")):
-            key, _, value = line.partition(" ")
-            lines[key] = value.strip()
-    return lines
 
 
 def config_file(name: str) -> dict[str, str]:
