@@ -234,7 +234,7 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
 
     # A full sync held before the snapshot (the master waits repl-diskless-sync-delay for more
     # replicas before it forks), then loaded slowly (key-load-delay, µs per key): probes run in both.
-    replica_cli(pod, "CONFIG", "SET", "key-load-delay", "20")
+    replica_cli(pod, "CONFIG", "SET", "key-load-delay", "100")
     master.config_set("repl-diskless-sync-delay", 8)
     replica_cli(pod, "REPLICAOF", "NO", "ONE")
     replica_cli(pod, "REPLICAOF", "127.0.0.1", "6390")
@@ -245,7 +245,10 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
         actual["syncing"] = probe_results(pod, probes)
         master.config_set("repl-diskless-sync-delay", 2)
         kit.wait_for("the replica to load", lambda: "loading:1" in replica_cli(pod, "INFO", "persistence"), 120, 0.05)
+        # The API learns of the load at its next INFO poll (REPLICA_POLL_MS, 1 s).
+        kit.wait_for("the API to see the load", lambda: not ready(pod), 5, 0.1)
         actual["loading"] = probe_results(pod, probes)
+        assert "loading:1" in replica_cli(pod, "INFO", "persistence"), "the load ended before the probes ran"
     finally:
         master.config_set("repl-diskless-sync-delay", 2)
         replica_cli(pod, "CONFIG", "SET", "key-load-delay", "0")
