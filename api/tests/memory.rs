@@ -48,8 +48,20 @@ impl RssWatch {
         }
     }
 
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
+    /// Stops sampling and returns the peak and the resident memory now, after
+    /// checking that the peak stayed under the container's limit.
+    fn finish(self, api: &ApiProcess, at_start: u64) -> (u64, u64) {
+        let peak = self.peak.load(Ordering::Relaxed);
+        drop(self);
+        let after = api.rss_bytes();
+        eprintln!(
+            "rss: {} MiB at start, {} MiB at the peak, {} MiB after",
+            at_start / MIB,
+            peak / MIB,
+            after / MIB
+        );
+        assert!(peak < CONTAINER_LIMIT, "peaked at {} MiB", peak / MIB);
+        (peak, after)
     }
 }
 
@@ -127,16 +139,7 @@ async fn hostile_sizes_in_redis_never_reach_the_api() {
             started.elapsed()
         );
     }
-    let peak = watch.peak();
-    drop(watch);
-    let after = api.rss_bytes();
-    eprintln!(
-        "rss: {} MiB at start, {} MiB at the peak, {} MiB after",
-        at_start / MIB,
-        peak / MIB,
-        after / MIB
-    );
-    assert!(peak < CONTAINER_LIMIT, "peaked at {} MiB", peak / MIB);
+    let (peak, after) = watch.finish(&api, at_start);
     // Nothing of the values was read: memory barely moves.
     assert!(
         peak < at_start + 16 * MIB && after < at_start + 16 * MIB,
@@ -198,16 +201,7 @@ async fn the_largest_answers_the_limits_allow_fit_the_container() {
         (409, "response_too_large".into())
     );
     assert_eq!(status_and_code(&api, "/v1/keys/small").await.0, 200);
-    let peak = watch.peak();
-    drop(watch);
-    let after = api.rss_bytes();
-    eprintln!(
-        "rss: {} MiB at start, {} MiB at the peak, {} MiB after",
-        at_start / MIB,
-        peak / MIB,
-        after / MIB
-    );
-    assert!(peak < CONTAINER_LIMIT, "peaked at {} MiB", peak / MIB);
+    let (_, after) = watch.finish(&api, at_start);
     // What stays: each Redis connection keeps a read buffer as large as the
     // largest reply it carried (8 MiB at most), plus allocator slack.
     let bound = at_start + WORKERS * POOL * 8 * MIB + 16 * MIB;
