@@ -4,6 +4,7 @@
 #
 #   render TARGET         print the manifests of sidecar|central|master, with images set
 #   master                in-cluster TLS master: certificates, Secrets, StatefulSet
+#                         (CERT_MANAGER=1: cert-manager issues and renews the certificate)
 #   master-secret         the redis-master Secret for a hosted master, from
 #                         MASTER_HOST, MASTER_PORT, MASTER_PASSWORD, MASTER_CA [, MASTER_USER]
 #                         [, MASTER_REPLICA_USER, MASTER_REPLICA_PASSWORD: the replicas' account]
@@ -46,9 +47,11 @@ render() {
     local work="$repo/target/deploy/$1"
     mkdir -p "$work"
     command -v envsubst >/dev/null || "$repo/scripts/install-deps.sh" envsubst
+    local components=
+    [[ $1 == master && ${CERT_MANAGER:-0} == 1 ]] && components=../../../deploy/components/cert-manager
     DIR=$dir READ_API_DIGEST=$(pushed_digest read-api) READ_API_STUNNEL_DIGEST=$(pushed_digest read-api-stunnel) \
-        SECRETS_HASH=${SECRETS_HASH:-} \
-        envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG $READ_API_DIGEST $READ_API_STUNNEL_DIGEST $SECRETS_HASH' \
+        SECRETS_HASH=${SECRETS_HASH:-} COMPONENTS=$components \
+        envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG $READ_API_DIGEST $READ_API_STUNNEL_DIGEST $SECRETS_HASH $COMPONENTS' \
         <"$repo/scripts/templates/render.kustomization.yaml" >"$work/kustomization.yaml"
     kubectl kustomize "$work"
 }
@@ -91,23 +94,61 @@ kept_or_new_password() {
     printf '%s' "$value"
 }
 
+# exporter_passwords PASSWORD ADDRESS...: the JSON map of --redis.password-file.
+# Hex passwords need no JSON escaping.
+exporter_passwords() {
+    local password=$1 address entries=()
+    shift
+    for address; do entries+=("\"$address\": \"$password\""); done
+    local IFS=,
+    printf '{%s}' "${entries[*]}"
+}
+
 deploy_master() {
     require_cluster
-    CERTS_DIR=$CERTS_DIR "$repo/scripts/gen-certs.sh"
+    local cert_manager=${CERT_MANAGER:-0}
+    if [[ $cert_manager == 1 ]]; then
+        "${k[@]}" get crd certificates.cert-manager.io >/dev/null 2>&1 \
+            || die "CERT_MANAGER=1: cert-manager is not installed in this cluster (no CRD certificates.cert-manager.io)"
+    else
+        CERTS_DIR=$CERTS_DIR "$repo/scripts/gen-certs.sh"
+    fi
     ensure_namespace
     # user/password: the admin (default user), for the central topology and make seed.
     # The others are the ACL users of deploy/config/redis-master/acl-users.conf:
     # replicas follow as "replica"; heartbeat and exporter run beside the master.
-    local key passwords=()
+    local key value passwords=()
     for key in password replica-password heartbeat-password exporter-password; do
-        passwords+=(--from-literal="$key=$(kept_or_new_password "$key")")
+        value=$(kept_or_new_password "$key")
+        passwords+=(--from-literal="$key=$value")
     done
-    apply_secret redis-master-tls --from-file=tls.crt="$CERTS_DIR/master.crt" \
-        --from-file=tls.key="$CERTS_DIR/master.key" --from-file=ca.crt="$CERTS_DIR/ca.crt"
-    apply_secret redis-master --from-literal=host="redis-master.$NAMESPACE.svc.cluster.local" \
-        --from-literal=port=6380 --from-literal=user=default --from-literal=replica-user=replica \
-        "${passwords[@]}" --from-file=ca.crt="$CERTS_DIR/ca.crt"
-    SECRETS_HASH=$(secrets_hash redis-master redis-master-tls) render master | kubectl apply -f -
+    # redis_exporter reads its password from a JSON map keyed by the address it
+    # scrapes: as the Debian build (1.45) and current ones look it up.
+    passwords+=(--from-literal="exporter-passwords.json=$(exporter_passwords "$value" \
+        rediss://localhost:6380 rediss://exporter@localhost:6380)")
+    local connection=(--from-literal=host="redis-master.$NAMESPACE.svc.cluster.local" --from-literal=port=6380
+        --from-literal=user=default --from-literal=replica-user=replica "${passwords[@]}")
+    if [[ $cert_manager == 1 ]]; then
+        # cert-manager writes redis-master-tls; the clients' CA comes from its CA Secret once issued.
+        # Through files: $(...) would drop the PEM's last newline.
+        local ca="$repo/target/deploy/cert-manager-ca.crt" known=()
+        mkdir -p "${ca%/*}"
+        secret_value redis-master-ca ca.crt >"$ca"
+        [[ -s $ca ]] || secret_value redis-master ca.crt >"$ca"
+        [[ ! -s $ca ]] || known=(--from-file=ca.crt="$ca")
+        apply_secret redis-master "${connection[@]}" "${known[@]}"
+        SECRETS_HASH=$(secrets_hash redis-master) render master | kubectl apply -f -
+        "${k[@]}" wait --for=condition=Ready certificate/redis-master --timeout="$ROLLOUT_TIMEOUT"
+        secret_value redis-master-ca ca.crt >"$ca"
+        [[ -s $ca ]] || die "cert-manager issued redis-master but Secret redis-master-ca has no ca.crt"
+        # The master does not roll for it: its hash was taken before the CA was added.
+        apply_secret redis-master "${connection[@]}" --from-file=ca.crt="$ca"
+    else
+        apply_secret redis-master-tls --from-file=tls.crt="$CERTS_DIR/master.crt" \
+            --from-file=tls.key="$CERTS_DIR/master.key" --from-file=ca.crt="$CERTS_DIR/ca.crt"
+        apply_secret redis-master "${connection[@]}" --from-file=ca.crt="$CERTS_DIR/ca.crt"
+        SECRETS_HASH=$(secrets_hash redis-master redis-master-tls) render master | kubectl apply -f -
+    fi
     "${k[@]}" rollout status statefulset/redis-master --timeout="$ROLLOUT_TIMEOUT"
     say "master ready at redis-master.$NAMESPACE.svc.cluster.local:6380 (TLS); Secret redis-master holds how to reach it"
 }
@@ -143,8 +184,12 @@ deploy_api() {
     if [[ $topology == sidecar && -z $(secret_value redis-master replica-password) ]]; then
         die "Secret redis-master has no replica-password (it predates the replicas' own user): run 'make deploy-master' or 'make master-secret …' again"
     fi
-    if [[ $topology == sidecar && -z $(secret_value read-api-replica password) ]]; then
-        apply_secret read-api-replica --from-literal=password="$(openssl rand -hex 24)"
+    if [[ $topology == sidecar ]]; then
+        local password
+        password=$(secret_value read-api-replica password)
+        [[ -n $password ]] || password=$(openssl rand -hex 24)
+        apply_secret read-api-replica --from-literal=password="$password" \
+            --from-literal=exporter-passwords.json="$(exporter_passwords "$password" redis://127.0.0.1:6379)"
     fi
     local secrets=(redis-master)
     [[ $topology == sidecar ]] && secrets+=(read-api-replica)

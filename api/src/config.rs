@@ -37,6 +37,24 @@ pub struct RedisTarget {
     /// The URL exactly as configured (it may carry a password: never log it, use `Display`).
     pub url: String,
     pub tls: bool,
+    /// The password from `REDIS_PASSWORD_FILE`, used with the URL's user.
+    pub password: Option<Password>,
+}
+
+/// A password that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
 }
 
 impl fmt::Display for RedisTarget {
@@ -99,6 +117,7 @@ pub struct Settings {
 #[derive(Debug, Default, Deserialize)]
 struct RawSettings {
     redis_url: Option<String>,
+    redis_password_file: Option<String>,
     redis_ca_file: Option<String>,
     redis_pool_size: Option<String>,
     redis_timeout_ms: Option<String>,
@@ -149,7 +168,10 @@ impl Settings {
     }
 
     fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
-        let redis = parse_redis_url(raw.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL))?;
+        let mut redis = parse_redis_url(raw.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL))?;
+        if let Some(path) = raw.redis_password_file {
+            redis.password = Some(password_file(&redis, &path)?);
+        }
         let redis_ca_file = match (raw.redis_ca_file, redis.tls) {
             (Some(path), true) => Some(PathBuf::from(path)),
             (None, true) => {
@@ -309,6 +331,7 @@ fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
     let target = RedisTarget {
         url: url.to_owned(),
         tls,
+        password: None,
     };
     if scheme == "redis+unix" {
         // As in any URL, the path starts after the authority (`[user:password@]host`).
@@ -336,6 +359,30 @@ fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
         )
     })?;
     Ok(target)
+}
+
+/// The first line of the file at `path`: a Secret's key mounted as a file, so that the
+/// password is in neither the environment nor the pod spec.
+fn password_file(redis: &RedisTarget, path: &str) -> Result<Password, ConfigError> {
+    let variable = "REDIS_PASSWORD_FILE";
+    let in_url =
+        fred::types::config::Config::from_url(&redis.url).is_ok_and(|c| c.password.is_some());
+    if in_url {
+        return Err(ConfigError::new(
+            variable,
+            format!("REDIS_URL ({redis}) carries a password too: give it in one place only"),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(variable, format!("cannot read {path}: {e}")))?;
+    let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(ConfigError::new(
+            variable,
+            format!("{path} is empty: expected the password on its first line"),
+        ));
+    }
+    Ok(Password(password.to_owned()))
 }
 
 fn socket_addr(
@@ -500,5 +547,59 @@ mod tests {
         let s = settings(&[("REDIS_URL", "redis://default:hunter2@10.0.0.1:6379")]).unwrap();
         assert!(!s.redis.to_string().contains("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_password_file_gives_its_first_line_and_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "hunter2\r\nsecond line\n").unwrap();
+        let path = path.to_str().unwrap();
+        let s = settings(&[
+            ("REDIS_URL", "redis://api@10.0.0.1:6379"),
+            ("REDIS_PASSWORD_FILE", path),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis.password.as_ref().map(Password::expose),
+            Some("hunter2")
+        );
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_password_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let given = dir.path().join("given");
+        std::fs::write(&given, "pw").unwrap();
+        let cases = [
+            (
+                "redis://127.0.0.1:6379",
+                "/nonexistent/password",
+                "cannot read /nonexistent/password",
+            ),
+            (
+                "redis://127.0.0.1:6379",
+                empty.to_str().unwrap(),
+                "is empty",
+            ),
+            (
+                "redis://:inline@127.0.0.1:6379",
+                given.to_str().unwrap(),
+                "one place only",
+            ),
+        ];
+        for (url, path, problem) in cases {
+            let err = settings(&[("REDIS_URL", url), ("REDIS_PASSWORD_FILE", path)]).unwrap_err();
+            assert_eq!(err.variable, "REDIS_PASSWORD_FILE", "{url} {path}");
+            assert!(
+                err.problem.contains(problem),
+                "{url} {path}: {}",
+                err.problem
+            );
+            assert!(!err.problem.contains("inline"), "{}", err.problem);
+        }
     }
 }

@@ -130,6 +130,9 @@ impl StoreConfig {
     pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, ConfigError> {
         let mut redis = Config::from_url(&settings.redis.url)
             .map_err(|e| ConfigError::new("REDIS_URL", e.details()))?;
+        if let Some(password) = &settings.redis.password {
+            redis.password = Some(password.expose().to_owned());
+        }
         if let Some(ca_file) = &settings.redis_ca_file {
             redis.tls = Some(tls_config(ca_file)?);
         }

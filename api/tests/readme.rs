@@ -48,6 +48,7 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
     let millis = |d: std::time::Duration| d.as_millis().to_string();
     match variable {
         "REDIS_URL" => settings.redis.url.clone(),
+        "REDIS_PASSWORD_FILE" => optional(settings.redis.password.as_ref().map(|_| "set")),
         "REDIS_CA_FILE" => optional(settings.redis_ca_file.as_deref().map(Path::display)),
         "REDIS_POOL_SIZE" => settings.redis_pool_size.to_string(),
         "REDIS_TIMEOUT_MS" => millis(settings.redis_timeout),

@@ -137,6 +137,11 @@ def certificates():
         subprocess.run(["bash", str(REPO / "scripts/gen-certs.sh")], env=env, check=True, capture_output=True)
 
 
+def exporter_passwords(password, *addresses):
+    """The JSON map redis_exporter's --redis.password-file reads, as make deploy-* writes it."""
+    return json.dumps(dict.fromkeys(addresses, password))
+
+
 def secret_config_maps(master_password, replica_password, users=None):
     """The Secrets a cluster would hold, as ConfigMaps of the same names (podman 4.3 reads no Secrets),
     with the keys make deploy-master writes. users: the passwords of the master's ACL users
@@ -156,12 +161,21 @@ def secret_config_maps(master_password, replica_password, users=None):
         "replica-password": users["replica"],
         "heartbeat-password": users["heartbeat"],
         "exporter-password": users["exporter"],
+        "exporter-passwords.json": exporter_passwords(
+            users["exporter"], "rediss://localhost:6380", "rediss://exporter@localhost:6380"
+        ),
         "ca.crt": ca,
     }
     maps = [
         config_map("redis-master", {"host": "redis-master", **connection}),
         config_map("redis-master-bad", {"host": "redis-master-bad", **connection}),
-        config_map("read-api-replica", {"password": replica_password}),
+        config_map(
+            "read-api-replica",
+            {
+                "password": replica_password,
+                "exporter-passwords.json": exporter_passwords(replica_password, "redis://127.0.0.1:6379"),
+            },
+        ),
         config_map(
             "redis-master-tls",
             {

@@ -6,6 +6,8 @@ first on PATH). It answers as a cluster holding the objects applied so far:
 - `kustomize`, `create ... --dry-run=client`: the real kubectl (REAL_KUBECTL);
 - `apply -f -`: stores each object in FAKE_KUBE_STATE/<kind>.<name>.yaml;
 - `get secret NAME [-o jsonpath={.data} or {.data.KEY}]`: from what was stored;
+- `get crd NAME`: found if NAME is in FAKE_CRDS (space-separated);
+- `wait ...`: succeeds at once (whatever it waits for is ready);
 - anything else: fails, so that a test sees an unexpected call.
 """
 
@@ -35,7 +37,7 @@ def main(argv):
             args.append(argv[i])
         i += 1
     verb = args[0] if args else ""
-    if verb in ("version", "rollout"):
+    if verb in ("version", "rollout", "wait"):
         return 0
     if verb in ("kustomize", "create"):
         os.execv(os.environ["REAL_KUBECTL"], [os.environ["REAL_KUBECTL"], *argv])
@@ -58,6 +60,8 @@ def main(argv):
             key = re.fullmatch(r"jsonpath=\{\.data\.(.+)\}", output).group(1)
             print(secret.get("data", {}).get(key, ""), end="")
         return 0
+    if verb == "get" and args[1:2] == ["crd"]:
+        return 0 if args[2] in os.environ.get("FAKE_CRDS", "").split() else 1
     if verb == "get":
         return 1
     print(f"fake kubectl: unexpected call: kubectl {' '.join(argv)}", file=sys.stderr)

@@ -80,6 +80,31 @@ def test_deploy_master_writes_every_key_the_manifests_read(cluster):
     assert cluster.secret("redis-master") == secret
 
 
+def test_deploy_master_with_cert_manager_leaves_the_certificate_to_it(cluster):
+    result = cluster.deploy("master", CERT_MANAGER="1")
+    assert result.returncode == 1 and "cert-manager is not installed" in result.stderr, result.stderr
+
+    # As cert-manager would hold it once the Certificate is ready.
+    ca = "-----BEGIN CERTIFICATE-----\ncert-manager's CA\n-----END CERTIFICATE-----\n"
+    cluster.store(secret_object("redis-master-ca", {"ca.crt": ca, "tls.crt": ca, "tls.key": "key"}))
+    result = cluster.deploy("master", CERT_MANAGER="1", FAKE_CRDS="certificates.cert-manager.io")
+    assert result.returncode == 0, result.stderr
+    assert "Secret.redis-master-tls.yaml" not in cluster.applied("Secret"), "cert-manager's to write"
+    assert not (cluster.state.parent / "certs").exists(), "no certificate of ours is made"
+    secret = cluster.secret("redis-master")
+    assert set(secret) == SECRETS["redis-master"] and secret["ca.crt"] == ca
+    certificate = yaml.safe_load((cluster.state / "Certificate.redis-master.yaml").read_text())
+    assert certificate["spec"]["secretName"] == "redis-master-tls"
+    assert "redis-master.read-api.svc.cluster.local" in certificate["spec"]["dnsNames"]
+    master = yaml.safe_load((cluster.state / "StatefulSet.redis-master.yaml").read_text())
+    assert "tls-reload" in [c["name"] for c in master["spec"]["template"]["spec"]["containers"]]
+
+
+def secret_object(name, data):
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+
+
 def hosted(**extra):
     return {"MASTER_HOST": "redis.example.net", "MASTER_PORT": "6380", "MASTER_PASSWORD": "app-pw", **extra}
 

@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CONFIG = DEPLOY / "config"
 KUBERNETES_VERSIONS = ["1.29.0", "1.33.0"]
-RENDERED = ["base", "overlays/sidecar", "overlays/central", "master", "tests/all-components"]
+RENDERED = ["base", "overlays/sidecar", "overlays/central", "master", "tests/all-components", "tests/master-components"]
 # Kinds that come from CRDs, which the validator has no schema for.
-CRD_KINDS = {"PodMonitor", "PrometheusRule"}
+CRD_KINDS = {"PodMonitor", "PrometheusRule", "Certificate", "Issuer"}
 # Secrets the user (or make deploy-*) creates; the manifests only refer to them.
 SECRETS = {
     "redis-master": {
@@ -32,8 +32,10 @@ SECRETS = {
         # The in-cluster master's users for the containers beside it (acl-users.conf).
         "heartbeat-password",
         "exporter-password",
+        # The exporter's password again, as the JSON map redis_exporter reads (deploy.sh derives it).
+        "exporter-passwords.json",
     },
-    "read-api-replica": {"password"},
+    "read-api-replica": {"password", "exporter-passwords.json"},
     "redis-master-tls": {"tls.crt", "tls.key", "ca.crt"},
 }
 
@@ -194,7 +196,7 @@ def test_api_reads_the_local_replica():
     spec = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))
     replica = conf_lines(config_map("overlays/sidecar", "redis-replica-config")["data"]["redis-replica.conf"])
     url = env(container(spec, "api"))["REDIS_URL"]["value"]
-    assert url == f"redis://:$(REPLICA_PASSWORD)@127.0.0.1:{replica['port']}"
+    assert url == f"redis://127.0.0.1:{replica['port']}"
     assert replica["bind"].split()[0] == "127.0.0.1" and "0.0.0.0" not in replica["bind"]
     assert replica["replica-read-only"] == "yes"
     assert replica["replica-serve-stale-data"] == "yes"
@@ -214,7 +216,7 @@ def test_replica_and_master_passwords_come_from_separate_secrets():
     spec = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))
     redis = container(spec, "redis")
     variables = env(redis)
-    assert variables["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "read-api-replica", "key": "password"}
+    assert secret_file(spec, redis, variables["REDIS_PASSWORD_FILE"]["value"]) == ("read-api-replica", "password")
     # The replica follows as the master's user for replicas, not with the account the central API reads with;
     # its password is a file of the redis container alone.
     assert variables["MASTER_USER"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "replica-user"}
@@ -224,8 +226,9 @@ def test_replica_and_master_passwords_come_from_separate_secrets():
     assert [c["name"] for c in all_containers(spec) if volume in {m["name"] for m in c.get("volumeMounts", [])}] == [
         "redis"
     ]
-    api = env(container(spec, "api"))
-    assert api["REPLICA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "read-api-replica", "key": "password"}
+    api = container(spec, "api")
+    assert secret_file(spec, api, env(api)["REDIS_PASSWORD_FILE"]["value"]) == ("read-api-replica", "password")
+    assert "@" not in env(api)["REDIS_URL"]["value"], "the password is a file, not part of the URL"
 
 
 def test_central_reads_the_master_over_tls():
@@ -284,6 +287,24 @@ def test_the_master_creates_a_user_for_each_password_it_mounts():
 
 
 # --- production defaults, every container of every workload ---------------
+
+
+# Keys of the kit's Secrets that say where and who, not how to prove it.
+NOT_SECRET = {"host", "port", "user", "replica-user"}
+
+
+@pytest.mark.parametrize("target", RENDERED)
+def test_no_password_or_key_reaches_an_environment_variable(target):
+    """Secrets as files: the environment is readable by whatever reads /proc of the
+    process and by anyone who may exec into the container."""
+    for workload in workloads(target):
+        for c in all_containers(pod_spec(workload)):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                where = f"{target}: {workload['metadata']['name']}/{c['name']} {e['name']}"
+                assert not ref or ref["key"] in NOT_SECRET, f"{where} holds {ref['name']}/{ref['key']}"
+                assert "PASSWORD" not in e["name"] or e["name"].endswith("_FILE"), where
+                assert not re.search(r"://[^/@]*:[^/@]*@", e.get("value", "")), f"{where}: a password in a URL"
 
 
 def every_container():

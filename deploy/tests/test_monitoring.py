@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -379,8 +380,7 @@ def test_the_replica_exporter_reads_the_pod_local_replica(rendered):
     replica = config_file("redis-replica/redis-replica.conf")
     assert flags(exporter)["redis.addr"] == f"redis://127.0.0.1:{replica['port']}"
     assert replica["bind"].split()[0] == "127.0.0.1"
-    password = env(exporter)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert password == {"name": "read-api-replica", "key": "password"}
+    assert_password_map(spec, exporter, "read-api-replica", ["redis://127.0.0.1:6379"])
 
 
 def test_the_master_exporter_reads_the_master_over_tls_with_the_ca_only(master):
@@ -394,8 +394,28 @@ def test_the_master_exporter_reads_the_master_over_tls_with_the_ca_only(master):
     assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"], "the master's key stays in its own container"
     # Its own ACL user (acl-users.conf), never the admin: test_acl.py runs it.
     assert env(exporter)["REDIS_USER"]["value"] == "exporter"
-    password = env(exporter)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert password == {"name": "redis-master", "key": "exporter-password"}
+    assert_password_map(spec, exporter, "redis-master", ["rediss://localhost:6380", "rediss://exporter@localhost:6380"])
+
+
+def assert_password_map(spec, exporter, secret, addresses):
+    """The exporter's password: a file (REDIS_PASSWORD_FILE), the JSON map make deploy-* and the e2e
+    write, with the address the exporter scrapes as the keys its builds look up."""
+    path = env(exporter)["REDIS_PASSWORD_FILE"]["value"]
+    volume = mounted_file(spec, exporter, path)
+    assert volume["secret"]["secretName"] == secret
+    [item] = volume["secret"]["items"]
+    assert (item["key"], item["path"]) == ("exporter-passwords.json", Path(path).name)
+    sys.path.insert(0, str(REPO / "deploy/e2e"))
+    import kit
+
+    assert list(json.loads(kit.exporter_passwords("pw", *addresses))) == addresses
+    script = subprocess.run(
+        ["bash", "-c", f'source <(sed -n "/^exporter_passwords()/,/^}}/p" {REPO}/scripts/deploy.sh); '
+         f'exporter_passwords pw {" ".join(addresses)}'],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(script) == dict.fromkeys(addresses, "pw")
+    assert flags(exporter)["redis.addr"] in addresses
 
 
 def exporters(rendered, master):

@@ -92,13 +92,16 @@ def user_kustomization(tmp_path, overlay, components):
 
 
 COMPONENTS = sorted(p.name for p in (REPO / "deploy/components").iterdir() if (p / "kustomization.yaml").is_file())
-# Components that change only the sidecar pod's containers.
+# Components that change only the sidecar pod's containers, and those for deploy/master alone.
 SIDECAR_ONLY = {"native-sidecars", "unix-socket", "redis-exporter"}
+MASTER_ONLY = {"cert-manager"}
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-@pytest.mark.parametrize("overlay", ["overlays/sidecar", "overlays/central"])
+@pytest.mark.parametrize("overlay", ["overlays/sidecar", "overlays/central", "master"])
 def test_components_keep_every_object_in_the_kit_namespace(tmp_path, overlay, component):
+    if (overlay == "master") != (component in MASTER_ONLY):
+        pytest.skip(f"{component} is not for {overlay}")
     if overlay == "overlays/central" and component in SIDECAR_ONLY:
         pytest.skip(f"{component} applies to the sidecar pod only")
     for obj in user_kustomization(tmp_path, overlay, [component]):
