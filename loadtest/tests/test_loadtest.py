@@ -329,3 +329,30 @@ def test_cluster_step_renders_the_rate_pods_and_image_of_the_step():
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "reg.example/t/read-api-vegeta:9"
     assert [e["value"] for e in container["env"][:2]] == ["1000", "7s"]
+
+
+def load_model():
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    loader = SourceFileLoader("model", str(LOADTEST / "model"))
+    module = module_from_spec(spec_from_loader("model", loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_a_master_shared_by_more_pods_costs_less_per_read():
+    m = load_model()
+    limits = dict(api_cores=1.0, replica_cores=1.0, master_cores=0.025, api_us=50.0, replica_us=10.0)
+    capacity = [m.predict_limits(n, "central", master_us=9.0, master_shared_us=12.0, **limits) for n in (2, 4, 8)]
+    # 25 000 µs of CPU a second, at 9 + 12/N µs a read.
+    assert capacity == pytest.approx([25000 / 15, 25000 / 12, 25000 / 10.5])
+    constant = m.predict_limits(8, "central", master_us=9.0, **limits)
+    assert constant == pytest.approx(25000 / 9)
+
+
+def test_past_capacity_the_model_serves_the_sustained_share():
+    m = load_model()
+    assert m.served(800, 1000, 0.9) == 800
+    assert m.served(1000, 1000, 0.9) == 1000
+    assert m.served(1500, 1000, 0.9) == pytest.approx(900)
