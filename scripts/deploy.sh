@@ -86,7 +86,7 @@ ensure_namespace() {
 }
 
 # The value of KEY in Secret redis-master, or a new random password if it has none.
-# Hex: URL-safe (the central topology puts the password in REDIS_URL) and plain in redis.conf.
+# Hex: plain in redis.conf, and in the JSON map of the exporters without escaping.
 kept_or_new_password() {
     local value
     value=$(secret_value redis-master "$1")
@@ -114,11 +114,12 @@ deploy_master() {
         CERTS_DIR=$CERTS_DIR "$repo/scripts/gen-certs.sh"
     fi
     ensure_namespace
-    # user/password: the admin (default user), for the central topology and make seed.
-    # The others are the ACL users of deploy/config/redis-master/acl-users.conf:
-    # replicas follow as "replica"; heartbeat and exporter run beside the master.
+    # admin-password: the admin (default user), for make seed and the probes beside it.
+    # The others are the ACL users of deploy/config/redis-master/acl-users.conf: the
+    # central API reads as "api" (user/password), replicas follow as "replica",
+    # heartbeat and exporter run beside the master.
     local key value passwords=()
-    for key in password replica-password heartbeat-password exporter-password; do
+    for key in admin-password password replica-password heartbeat-password exporter-password; do
         value=$(kept_or_new_password "$key")
         passwords+=(--from-literal="$key=$value")
     done
@@ -127,7 +128,7 @@ deploy_master() {
     passwords+=(--from-literal="exporter-passwords.json=$(exporter_passwords "$value" \
         rediss://localhost:6380 rediss://exporter@localhost:6380)")
     local connection=(--from-literal=host="redis-master.$NAMESPACE.svc.cluster.local" --from-literal=port=6380
-        --from-literal=user=default --from-literal=replica-user=replica "${passwords[@]}")
+        --from-literal=user=api --from-literal=replica-user=replica "${passwords[@]}")
     if [[ $cert_manager == 1 ]]; then
         # cert-manager writes redis-master-tls; the clients' CA comes from its CA Secret once issued.
         # Through files: $(...) would drop the PEM's last newline.

@@ -19,8 +19,8 @@ def podman_ready():
 @pytest.fixture(scope="session")
 def passwords():
     """master: the admin (default user); replica: the pod-local replicas' own;
-    master-replica, heartbeat, exporter: the master's ACL users (acl-users.conf)."""
-    names = ("master", "replica", "master-replica", "heartbeat", "exporter")
+    api, master-replica, heartbeat, exporter: the master's ACL users (acl-users.conf)."""
+    names = ("master", "replica", "api", "master-replica", "heartbeat", "exporter")
     return {name: secrets.token_hex(16) for name in names}
 
 
@@ -31,6 +31,7 @@ def kit_network(passwords):
     kit.teardown()
     kit.certificates()
     users = {
+        "api": passwords["api"],
         "replica": passwords["master-replica"],
         "heartbeat": passwords["heartbeat"],
         "exporter": passwords["exporter"],

@@ -144,9 +144,10 @@ def exporter_passwords(password, *addresses):
 
 def secret_config_maps(master_password, replica_password, users=None):
     """The Secrets a cluster would hold, as ConfigMaps of the same names (podman 4.3 reads no Secrets),
-    with the keys make deploy-master writes. users: the passwords of the master's ACL users
-    replica, heartbeat and exporter (deploy/config/redis-master/acl-users.conf); new ones if not given."""
-    users = users or {name: secrets.token_hex(16) for name in ("replica", "heartbeat", "exporter")}
+    with the keys make deploy-master writes. master_password: the admin's. users: the passwords of the
+    master's ACL users api, replica, heartbeat and exporter (deploy/config/redis-master/acl-users.conf);
+    new ones if not given."""
+    users = users or {name: secrets.token_hex(16) for name in ("api", "replica", "heartbeat", "exporter")}
     certs, rogue = WORK / "certs", WORK / "rogue-certs"
     ca = (certs / "ca.crt").read_text()
 
@@ -155,8 +156,9 @@ def secret_config_maps(master_password, replica_password, users=None):
 
     connection = {
         "port": "6380",
-        "user": "default",
-        "password": master_password,
+        "admin-password": master_password,
+        "user": "api",
+        "password": users["api"],
         "replica-user": "replica",
         "replica-password": users["replica"],
         "heartbeat-password": users["heartbeat"],

@@ -1,5 +1,7 @@
 """The central overlay on podman: the API reads the master itself over TLS."""
 
+import json
+
 import kit
 
 
@@ -9,4 +11,10 @@ def test_central_overlay(master, summary):
     kit.wait_for("the central pod to be ready", lambda: pod.ready()[0] == 200, 60)
     assert pod.value("known-key") == "read from the master itself"
     assert pod.metric("read_api_replica_role") == 0
-    summary("read-api-central-0 reads known-key from the master over TLS")
+    master.set("other-key", "2")
+    status, body = pod.get("/v1/keys?key=known-key&key=other-key")
+    assert status == 200 and json.loads(body)["values"]["other-key"] == "2", body
+    # As the read-only user "api" (acl-users.conf): nothing it sent was refused.
+    refused = [entry for entry in master.acl_log() if entry.get("username") == "api"]
+    assert not refused, refused
+    summary("read-api-central-0 reads known-key and a batch from the master over TLS as user api, nothing refused")

@@ -109,11 +109,11 @@ def master(work):
         check=True,
         capture_output=True,
     )
-    passwords = {name: secrets.token_hex(16) for name in ("admin", "replica", "heartbeat", "exporter")}
+    passwords = {name: secrets.token_hex(16) for name in ("admin", "api", "replica", "heartbeat", "exporter")}
     # As the pod mounts them: one file per user, the admin's as "default", no trailing newline.
     users = path / "users"
     users.mkdir(mode=0o700)
-    for name in ("replica", "heartbeat", "exporter"):
+    for name in ("api", "replica", "heartbeat", "exporter"):
         (users / name).write_text(passwords[name])
     (users / "default").write_text(passwords["admin"])
     (path / "master").mkdir()
@@ -216,7 +216,7 @@ def replica(master, work):
 
 def test_the_master_creates_the_users_of_acl_users_conf(master):
     defined = set(re.findall(r"^user (\S+) ", USERS_FILE.read_text(), re.M))
-    assert defined == {"replica", "heartbeat", "exporter"}
+    assert defined == {"api", "replica", "heartbeat", "exporter"}
     assert set(master["admin"].acl_users()) == defined | {"default"}
     for user in defined:
         assert "+@all" not in " ".join(master["admin"].acl_getuser(user)["commands"])
@@ -306,6 +306,65 @@ def test_the_replica_user_runs_no_ordinary_command(master, command):
             user.execute_command(*command)
     finally:
         user.close()
+
+
+# --- the central API's user ---------------------------------------------------
+
+
+def read_script():
+    """The API's batch script, as api/src/store.rs sends it."""
+    source = (REPO / "api/src/store.rs").read_text()
+    return re.search(r'const READ_SCRIPT: &str = r#"(.*?)"#;', source, re.S).group(1)
+
+
+def test_the_api_user_runs_what_the_api_sends(master, no_refusals):
+    admin = master["admin"]
+    admin.set("known-key", "hello")
+    admin.set("other-key", "x" * 10)
+    api = client(master, "api", master["passwords"]["api"])
+    try:
+        assert api.ping() and api.client_id()
+        assert api.getrange("known-key", 0, 1024) == "hello"
+        assert api.strlen("known-key") == 5
+        assert api.info("replication")["role"] == "master"
+        script = read_script()
+        args = [2, "known-key", "other-key", 1 << 20, 8 << 20, "1"]
+        # EVAL_RO when the master has forgotten the script, EVALSHA_RO once it knows it.
+        assert api.execute_command("EVAL_RO", script, *args) == [0, "hello", "x" * 10]
+        sha = admin.script_load(script)
+        assert api.execute_command("EVALSHA_RO", sha, *args) == [0, "hello", "x" * 10]
+    finally:
+        api.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["SET", "known-key", "x"],
+        ["DEL", "known-key"],
+        ["FLUSHALL"],
+        ["CONFIG", "GET", "requirepass"],
+        ["EVAL", "return 1", "0"],
+        ["KEYS", "*"],
+        ["ACL", "LIST"],
+    ],
+)
+def test_the_api_user_reads_and_nothing_else(master, command):
+    api = client(master, "api", master["passwords"]["api"])
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            api.execute_command(*command)
+    finally:
+        api.close()
+
+
+def test_a_script_cannot_write_for_the_api_user(master):
+    api = client(master, "api", master["passwords"]["api"])
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="can't run this command"):
+            api.execute_command("EVAL_RO", "return redis.call('SET', KEYS[1], 'x')", 1, "known-key")
+    finally:
+        api.close()
 
 
 # --- the heartbeat and exporter users -----------------------------------------

@@ -62,7 +62,7 @@ def test_the_reloader_reads_the_files_the_master_serves():
     env = {e["name"]: e.get("value") for e in reloader["env"]}
     assert env["TLS_DIR"] == mounts["tls"]
     password = next(v for v in spec["volumes"] if v["name"] == "admin-password")["secret"]
-    assert password["secretName"] == "redis-master" and [i["key"] for i in password["items"]] == ["password"]
+    assert password["secretName"] == "redis-master" and [i["key"] for i in password["items"]] == ["admin-password"]
 
 
 def hours(duration: str) -> float:

@@ -68,11 +68,14 @@ def test_deploy_master_writes_every_key_the_manifests_read(cluster):
     assert result.returncode == 0, result.stderr
     secret = cluster.secret("redis-master")
     assert set(secret) == SECRETS["redis-master"]
-    assert secret["user"] == "default", "the admin: the central topology reads with it"
+    assert secret["user"] == "api", "the central topology reads as the read-only user of acl-users.conf"
     assert secret["replica-user"] == "replica", "the user of acl-users.conf for replicas"
-    passwords = [secret[k] for k in ("password", "replica-password", "heartbeat-password", "exporter-password")]
-    assert len(set(passwords)) == 4, "every user has its own password"
-    assert all(len(p) == 48 and int(p, 16) >= 0 for p in passwords), "hex: URL-safe and plain in redis.conf"
+    keys = ("admin-password", "password", "replica-password", "heartbeat-password", "exporter-password")
+    passwords = [secret[k] for k in keys]
+    assert len(set(passwords)) == len(keys), "every user has its own password"
+    assert all(len(p) == 48 and int(p, 16) >= 0 for p in passwords), (
+        "hex: plain in redis.conf and in the exporters' JSON map"
+    )
     assert set(cluster.secret("redis-master-tls")) == SECRETS["redis-master-tls"]
 
     # A second run keeps the passwords the running master and its replicas use.

@@ -23,9 +23,11 @@ SECRETS = {
         "host",
         "port",
         "ca.crt",
-        # The account the central API reads with (the admin, on the in-cluster master).
+        # The account the central API reads with (user api, on the in-cluster master).
         "user",
         "password",
+        # The in-cluster master's admin (its default user): make seed and the probes beside it.
+        "admin-password",
         # The account replicas follow the master with (user "replica" in acl-users.conf).
         "replica-user",
         "replica-password",
@@ -252,7 +254,7 @@ def test_in_cluster_master_is_tls_only_with_a_secret_password_and_a_volume():
     redis = container(pod_spec(master), "redis")
     assert secret_file(pod_spec(master), redis, env(redis)["REDIS_PASSWORD_FILE"]["value"]) == (
         "redis-master",
-        "password",
+        "admin-password",
     )
     # Snapshots keep the replication ID across a restart (an AOF would not): replicas resume partially.
     assert conf["appendonly"] == "no" and conf["save"]
@@ -277,7 +279,8 @@ def test_the_master_creates_a_user_for_each_password_it_mounts():
     users_mount = next(m for m in redis["volumeMounts"] if m["mountPath"] == variables["REDIS_USERS_DIR"]["value"])
     volume = next(v for v in spec["volumes"] if v["name"] == users_mount["name"])
     assert volume["secret"]["secretName"] == "redis-master"
-    expected = {u: f"{u}-password" for u in defined} | {"default": "password"}
+    # The Secret's user/password is the central API's account: "api" on this master.
+    expected = {u: f"{u}-password" for u in defined} | {"default": "admin-password", "api": "password"}
     assert {i["path"]: i["key"] for i in volume["secret"]["items"]} == expected
     assert variables["REDIS_PASSWORD_FILE"]["value"] == f"{users_mount['mountPath']}/default"
     for name in ("heartbeat", "redis-exporter"):
