@@ -141,6 +141,14 @@ deploy-sidecar: ## Deploy the API with a Redis replica and stunnel in every pod.
 deploy-central: ## Deploy the API reading the master directly over TLS.
 	@scripts/deploy.sh central
 
+.PHONY: deploy-relay
+deploy-relay: ## Deploy relays following the master, and the API with a replica in every pod following the relays.
+	@scripts/deploy.sh relay
+
+.PHONY: deploy-node-local
+deploy-node-local: ## Deploy one replica per node following the master, and the API reading its node's replica.
+	@scripts/deploy.sh node-local
+
 .PHONY: undeploy
 undeploy: ## Remove the API and the in-cluster master (PURGE=1 also deletes the namespace).
 	@scripts/deploy.sh undeploy
@@ -163,7 +171,7 @@ size: venv ## Sizing for DATASET (256Mi), PODS (12), EGRESS_MBPS (1000): memory,
 		--egress-mbps "$(or $(EGRESS_MBPS),1000)" --out target/size
 
 .PHONY: render
-render: ## Print the manifests of TOPOLOGY=sidecar|central|master with the image settings.
+render: ## Print the manifests of TOPOLOGY=sidecar|central|relay|node-local|master with the image settings.
 	@scripts/deploy.sh render "$(TOPOLOGY)"
 
 ##@ Load tests
