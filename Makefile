@@ -166,9 +166,9 @@ seed: ## Write KEY=... VALUE=... through the master.
 	@scripts/deploy.sh seed "$(KEY)" "$(VALUE)"
 
 .PHONY: size
-size: venv ## Sizing for DATASET (256Mi), PODS (12), EGRESS_MBPS (1000): memory, maxSurge, timeouts; a component in target/size.
+size: venv ## Sizing for DATASET (256Mi), PODS (12), EGRESS_MBPS (1000), TOPOLOGY (sidecar|relay|node-local): memory, maxSurge, timeouts; a component in target/size.
 	@.venv/bin/python scripts/size.py --dataset "$(or $(DATASET),256Mi)" --pods "$(or $(PODS),12)" \
-		--egress-mbps "$(or $(EGRESS_MBPS),1000)" --out target/size
+		--egress-mbps "$(or $(EGRESS_MBPS),1000)" --topology "$(TOPOLOGY)" --out target/size
 
 .PHONY: render
 render: ## Print the manifests of TOPOLOGY=sidecar|central|relay|node-local|master with the image settings.
