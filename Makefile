@@ -217,11 +217,19 @@ e2e: e2e-images ## Play the rendered manifests on podman and check failures end 
 .PHONY: scale
 scale: e2e-images ## The kit at size on podman: PODS (8) sidecar pods, DATASET_MB (256) of data, WRITES_PER_S (50); target/scale/report.md.
 	@$(E2E_ENV) PODS=$(or $(PODS),8) DATASET_MB=$(or $(DATASET_MB),256) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
-		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale
+		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) $(SCALE_ONLY) deploy/e2e/scale
 
 .PHONY: test-scale
 test-scale: e2e-images ## A small make scale (4 pods, 64 MiB), as make test runs it.
-	@$(E2E_ENV) PODS=4 DATASET_MB=64 WRITES_PER_S=50 .venv/bin/pytest -p no:cacheprovider -v deploy/e2e/scale
+	@$(E2E_ENV) PODS=4 DATASET_MB=64 WRITES_PER_S=50 .venv/bin/pytest -p no:cacheprovider -v $(SCALE_ONLY) deploy/e2e/scale
+
+# make scale plays the sidecar topology alone; make compare-topologies all three.
+SCALE_ONLY = --ignore=deploy/e2e/scale/test_topologies.py
+
+.PHONY: compare-topologies
+compare-topologies: e2e-images oha ## Sidecar, relay and node-local side by side on podman: PODS (4), DATASET_MB (64), WRITES_PER_S (50); target/compare/report.md.
+	@$(E2E_ENV) PODS=$(or $(PODS),4) DATASET_MB=$(or $(DATASET_MB),64) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
+		PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale/test_topologies.py
 
 .PHONY: replay
 replay: e2e-images oha ## The original experiment: central vs sidecar over 1,2,4,6,8 CPU-limited pods on podman (target/replay).

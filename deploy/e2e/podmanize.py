@@ -27,6 +27,10 @@ Every change is something podman lacks, never a change of what the pods run
 - Images that the e2e builds from this machine's Debian binaries get the
   names it builds them under (e2e_images.py): the manifests keep the names a
   cluster pulls, and podman never finds a local build under those names.
+- podman 4.3 makes each emptyDir a named volume, shared by every pod with a
+  volume of that name: the master's and the relays' `run` would hold one
+  auth.conf, which each start-redis.sh rewrites. Each pod gets its own
+  (POD-NAME), as on a cluster.
 - Kinds with no podman equivalent are dropped (Namespace, Service,
   ServiceAccount, NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget,
   PodMonitor): pods on one podman network reach each other by pod name.
@@ -149,6 +153,16 @@ def spread(spec, services, index):
                     env["value"] = pattern.sub(target, env["value"])
 
 
+def private_empty_dirs(spec, pod_name):
+    """Renames every emptyDir to POD-NAME, so that no other pod shares it."""
+    names = {v["name"]: f"{pod_name}-{v['name']}" for v in spec.get("volumes", []) if "emptyDir" in v}
+    for volume in spec.get("volumes", []):
+        volume["name"] = names.get(volume["name"], volume["name"])
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            mount["name"] = names.get(mount["name"], mount["name"])
+
+
 def use_e2e_images(spec, mapping):
     for container in spec.get("initContainers", []) + spec["containers"]:
         container["image"] = e2e_image(container["image"], mapping)
@@ -164,6 +178,7 @@ def pods_of(workload, ports, renames, volume_dir, services):
         single = workload["kind"] == "DaemonSet" or (workload["kind"] == "StatefulSet" and replicas == 1)
         pod_name = name if single else f"{name}-{index}"
         spec = copy.deepcopy(template["spec"])
+        private_empty_dirs(spec, pod_name)
         if workload["kind"] == "Deployment":
             spread(spec, services, index)
         use_e2e_images(spec, stand_ins())

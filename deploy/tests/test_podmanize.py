@@ -93,3 +93,18 @@ def test_spread_points_each_api_pod_at_one_relay_as_the_service_would():
         # Names that only contain the Service's name stay as they are: the Secret redis-relay, now a ConfigMap.
         volume = next(v for v in pods[f"read-api-{i}"]["volumes"] if v["name"] == "master-password")
         assert volume["configMap"]["name"] == "redis-relay"
+
+
+def test_every_pod_has_its_own_empty_dirs():
+    """podman 4.3 shares a named volume between pods: the master's and the relays' /run/redis
+    (auth.conf) would be one."""
+    docs = podmanize(render("overlays/relay"), "--replicas", "2", "--volume-dir", str(REPO / "target/test-podmanize"))
+    seen = {}
+    for pod in (d for d in docs if d["kind"] == "Pod"):
+        for volume in pod["spec"]["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["name"].startswith(pod["metadata"]["name"] + "-"), volume["name"]
+                assert volume["name"] not in seen
+                seen[volume["name"]] = pod["metadata"]["name"]
+        mounts = {m["name"] for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])}
+        assert mounts <= {v["name"] for v in pod["spec"]["volumes"]}
