@@ -141,6 +141,14 @@ deploy-sidecar: ## Deploy the API with a Redis replica and stunnel in every pod.
 deploy-central: ## Deploy the API reading the master directly over TLS.
 	@scripts/deploy.sh central
 
+.PHONY: deploy-relay
+deploy-relay: ## Deploy relays following the master, and the API with a replica in every pod following the relays.
+	@scripts/deploy.sh relay
+
+.PHONY: deploy-node-local
+deploy-node-local: ## Deploy one replica per node following the master, and the API reading its node's replica.
+	@scripts/deploy.sh node-local
+
 .PHONY: undeploy
 undeploy: ## Remove the API and the in-cluster master (PURGE=1 also deletes the namespace).
 	@scripts/deploy.sh undeploy
@@ -158,12 +166,12 @@ seed: ## Write KEY=... VALUE=... through the master.
 	@scripts/deploy.sh seed "$(KEY)" "$(VALUE)"
 
 .PHONY: size
-size: venv ## Sizing for DATASET (256Mi), PODS (12), EGRESS_MBPS (1000): memory, maxSurge, timeouts; a component in target/size.
+size: venv ## Sizing for DATASET (256Mi), PODS (12), EGRESS_MBPS (1000), TOPOLOGY (sidecar|relay|node-local): memory, maxSurge, timeouts; a component in target/size.
 	@.venv/bin/python scripts/size.py --dataset "$(or $(DATASET),256Mi)" --pods "$(or $(PODS),12)" \
-		--egress-mbps "$(or $(EGRESS_MBPS),1000)" --out target/size
+		--egress-mbps "$(or $(EGRESS_MBPS),1000)" --topology "$(TOPOLOGY)" --out target/size
 
 .PHONY: render
-render: ## Print the manifests of TOPOLOGY=sidecar|central|master with the image settings.
+render: ## Print the manifests of TOPOLOGY=sidecar|central|relay|node-local|master with the image settings.
 	@scripts/deploy.sh render "$(TOPOLOGY)"
 
 ##@ Load tests
@@ -209,11 +217,19 @@ e2e: e2e-images ## Play the rendered manifests on podman and check failures end 
 .PHONY: scale
 scale: e2e-images ## The kit at size on podman: PODS (8) sidecar pods, DATASET_MB (256) of data, WRITES_PER_S (50); target/scale/report.md.
 	@$(E2E_ENV) PODS=$(or $(PODS),8) DATASET_MB=$(or $(DATASET_MB),256) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
-		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale
+		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) $(SCALE_ONLY) deploy/e2e/scale
 
 .PHONY: test-scale
 test-scale: e2e-images ## A small make scale (4 pods, 64 MiB), as make test runs it.
-	@$(E2E_ENV) PODS=4 DATASET_MB=64 WRITES_PER_S=50 .venv/bin/pytest -p no:cacheprovider -v deploy/e2e/scale
+	@$(E2E_ENV) PODS=4 DATASET_MB=64 WRITES_PER_S=50 .venv/bin/pytest -p no:cacheprovider -v $(SCALE_ONLY) deploy/e2e/scale
+
+# make scale plays the sidecar topology alone; make compare-topologies all three.
+SCALE_ONLY = --ignore=deploy/e2e/scale/test_topologies.py
+
+.PHONY: compare-topologies
+compare-topologies: e2e-images oha ## Sidecar, relay and node-local side by side on podman: PODS (4), DATASET_MB (64), WRITES_PER_S (50); target/compare/report.md.
+	@$(E2E_ENV) PODS=$(or $(PODS),4) DATASET_MB=$(or $(DATASET_MB),64) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
+		PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale/test_topologies.py
 
 .PHONY: replay
 replay: e2e-images oha ## The original experiment: central vs sidecar over 1,2,4,6,8 CPU-limited pods on podman (target/replay).

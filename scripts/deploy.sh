@@ -2,14 +2,16 @@
 # Deploys the kit to the cluster kubectl points at. The Makefile's deploy
 # targets call this; each subcommand can be run alone.
 #
-#   render TARGET         print the manifests of sidecar|central|master, with images set
+#   render TARGET         print the manifests of sidecar|central|relay|node-local|master, with images set
 #   master                in-cluster TLS master: certificates, Secrets, StatefulSet
 #                         (CERT_MANAGER=1: cert-manager issues and renews the certificate)
 #   master-secret         the redis-master Secret for a hosted master, from
 #                         MASTER_HOST, MASTER_PORT, MASTER_PASSWORD, MASTER_CA [, MASTER_USER]
 #                         [, MASTER_REPLICA_USER, MASTER_REPLICA_PASSWORD: the replicas' account]
-#   sidecar | central     the API in that topology (needs the redis-master Secret)
-#   undeploy              remove the API (both topologies) and the in-cluster master;
+#   sidecar | central | relay | node-local
+#                         the API in that topology (needs the redis-master Secret);
+#                         relay also deploys the relays, node-local the node replicas
+#   undeploy              remove the API (every topology) and the in-cluster master;
 #                         Secrets and the master's volume stay unless PURGE=1
 #   port-forward          svc/read-api on localhost:$LOCAL_PORT (default 8080)
 #   smoke                 curl known-key through a port-forward
@@ -40,9 +42,9 @@ die() { say "$*"; exit 1; }
 render() {
     local dir
     case $1 in
-        sidecar | central) dir=overlays/$1 ;;
+        sidecar | central | relay | node-local) dir=overlays/$1 ;;
         master) dir=master ;;
-        *) die "render takes sidecar, central or master, not '$1'" ;;
+        *) die "render takes sidecar, central, relay, node-local or master, not '$1'" ;;
     esac
     local work="$repo/target/deploy/$1"
     mkdir -p "$work"
@@ -85,11 +87,11 @@ ensure_namespace() {
     kubectl kustomize "$repo/deploy/namespace" | kubectl apply -f - >/dev/null
 }
 
-# The value of KEY in Secret redis-master, or a new random password if it has none.
+# The value of KEY in Secret SECRET (redis-master by default), or a new random password if it has none.
 # Hex: plain in redis.conf, and in the JSON map of the exporters without escaping.
 kept_or_new_password() {
     local value
-    value=$(secret_value redis-master "$1")
+    value=$(secret_value "${2:-redis-master}" "$1")
     [[ -n $value ]] || value=$(openssl rand -hex 24)
     printf '%s' "$value"
 }
@@ -176,25 +178,48 @@ master_secret() {
     say "Secret redis-master now points at $MASTER_HOST:$MASTER_PORT (replicas log in as '${MASTER_REPLICA_USER:-$user}')"
 }
 
+# The Secrets each topology's pods read: their hash goes into every pod template.
+topology_secrets() {
+    case $1 in
+        central) echo redis-master ;;
+        sidecar | node-local) echo redis-master read-api-replica ;;
+        relay) echo redis-master read-api-replica redis-relay ;;
+    esac
+}
+
 deploy_api() {
     local topology=$1
     require_cluster
     ensure_namespace
     "${k[@]}" get secret redis-master >/dev/null 2>&1 \
         || die "no Secret redis-master in namespace $NAMESPACE: run 'make deploy-master' (in-cluster master) or 'make master-secret MASTER_HOST=… MASTER_PORT=… MASTER_PASSWORD=… MASTER_CA=…' (hosted)"
-    if [[ $topology == sidecar && -z $(secret_value redis-master replica-password) ]]; then
+    if [[ $topology != central && -z $(secret_value redis-master replica-password) ]]; then
         die "Secret redis-master has no replica-password (it predates the replicas' own user): run 'make deploy-master' or 'make master-secret …' again"
     fi
-    if [[ $topology == sidecar ]]; then
+    if [[ $topology != central ]]; then
         local password
         password=$(secret_value read-api-replica password)
         [[ -n $password ]] || password=$(openssl rand -hex 24)
         apply_secret read-api-replica --from-literal=password="$password" \
             --from-literal=exporter-passwords.json="$(exporter_passwords "$password" redis://127.0.0.1:6379)"
     fi
-    local secrets=(redis-master)
-    [[ $topology == sidecar ]] && secrets+=(read-api-replica)
+    if [[ $topology == relay ]]; then
+        # password: the relays' admin (their probes); replica-password: the user
+        # "replica" the pods' replicas follow them as (config/redis-relay/acl-users.conf).
+        local key passwords=()
+        for key in password replica-password; do
+            passwords+=(--from-literal="$key=$(kept_or_new_password "$key" redis-relay)")
+        done
+        apply_secret redis-relay "${passwords[@]}"
+    fi
+    local secrets
+    read -ra secrets <<<"$(topology_secrets "$topology")"
     SECRETS_HASH=$(secrets_hash "${secrets[@]}") render "$topology" | kubectl apply -f -
+    # What the API pods read must be there first: they stay unready until it is.
+    case $topology in
+        relay) "${k[@]}" rollout status statefulset/redis-relay --timeout="$ROLLOUT_TIMEOUT" ;;
+        node-local) "${k[@]}" rollout status daemonset/redis-node --timeout="$ROLLOUT_TIMEOUT" ;;
+    esac
     "${k[@]}" rollout status deployment/read-api --timeout="$ROLLOUT_TIMEOUT"
     say "$topology topology ready; try: make port-forward, then curl localhost:$LOCAL_PORT/v1/keys/known-key"
 }
@@ -202,7 +227,7 @@ deploy_api() {
 undeploy() {
     require_cluster
     local target
-    for target in sidecar central master; do
+    for target in sidecar central relay node-local master; do
         # Deleting the namespace is PURGE's business: keep it while rendering deletes.
         render "$target" | drop_namespace | kubectl delete --ignore-not-found -f - >/dev/null
     done
@@ -263,7 +288,7 @@ main() {
         render) render "${2:-}" ;;
         master) deploy_master ;;
         master-secret) master_secret ;;
-        sidecar | central) deploy_api "$1" ;;
+        sidecar | central | relay | node-local) deploy_api "$1" ;;
         undeploy) undeploy ;;
         port-forward) port_forward ;;
         smoke) smoke ;;
@@ -271,7 +296,7 @@ main() {
             [[ $# -eq 3 && -n $2 ]] || die "usage: $0 seed KEY VALUE"
             seed "$2" "$3"
             ;;
-        *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|undeploy|port-forward|smoke|seed KEY VALUE" ;;
+        *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|relay|node-local|undeploy|port-forward|smoke|seed KEY VALUE" ;;
     esac
 }
 

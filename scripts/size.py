@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """make size: the memory, rollout and replication settings for a data set size,
 a pod count and the master's egress bandwidth, printed as a table and written
-as a kustomize component to apply over deploy/overlays/sidecar and deploy/master.
+as a kustomize component to apply over the topology's overlay (deploy/overlays/sidecar,
+relay or node-local) and deploy/master.
 
 Usage: size.py --dataset 1Gi --pods 100 --egress-mbps 1000 [--writes-mbps 0.2] [--out DIR]
+              [--topology sidecar|relay|node-local]
 
 The rules, each from how Redis replication spends memory and bandwidth:
 - The master's maxmemory is the data set plus 25 % growth, with noeviction:
@@ -22,6 +24,12 @@ The rules, each from how Redis replication spends memory and bandwidth:
   the longest sync, and there is no soft limit (a slow sync is not a dead one).
 - The backlog lets a tunnel drop for BACKLOG_SECONDS and still resume with a
   partial sync.
+- A relay (relay topology) is a master to its pods: sized as the master, with
+  its backlog and output buffer. The pods sync from the relays, so a rollout of
+  the API pods takes nothing from the master, and maxSurge follows the same
+  rule (the relays' egress is in-cluster, at least the master's).
+- A node replica (node-local topology) is sized as a pod's replica; the API
+  pods hold no data, so their rollout syncs nothing at all.
 """
 
 import argparse
@@ -97,8 +105,25 @@ def master_args(s):
     ]  # fmt: skip
 
 
-def component(s):
-    """The kustomize component: patches for the API Deployment and the master StatefulSet."""
+TOPOLOGIES = ("sidecar", "relay", "node-local")
+
+
+def sized_redis(memory, args=None):
+    """JSON patch ops for the first container (redis) of a workload: its memory, and args if given."""
+    redis = "/spec/template/spec/containers/0"
+    ops = [{"op": "test", "path": f"{redis}/name", "value": "redis"}]
+    if args:
+        ops.append({"op": "add", "path": f"{redis}/args", "value": args})
+    ops += [
+        {"op": "replace", "path": f"{redis}/resources/requests/memory", "value": memory},
+        {"op": "replace", "path": f"{redis}/resources/limits/memory", "value": memory},
+    ]
+    return ops
+
+
+def component(s, topology="sidecar"):
+    """The kustomize component: patches for the API Deployment, the master StatefulSet, and the
+    relays (relay) or node replicas (node-local)."""
     memory = {
         "requests": {"memory": mebibytes(s["replica_memory"])},
         "limits": {"memory": mebibytes(s["replica_memory"])},
@@ -110,9 +135,13 @@ def component(s):
         "spec": {
             "progressDeadlineSeconds": s["progress_deadline_seconds"],
             "strategy": {"rollingUpdate": {"maxSurge": s["max_surge"], "maxUnavailable": 0}},
-            "template": {"spec": {"containers": [{"name": "redis", "resources": memory}]}},
         },
     }
+    # Node-local API pods hold no replica.
+    if topology != "node-local":
+        # api listed first to keep the containers' order (a merge puts the patch's containers first).
+        containers = [{"name": "api"}, {"name": "redis", "resources": memory}]
+        deployment["spec"]["template"] = {"spec": {"containers": containers}}
     master_memory = mebibytes(s["master_memory"])
     redis = "/spec/template/spec/containers/0"
     statefulset = [
@@ -135,7 +164,18 @@ def component(s):
             {"path": "statefulset.yaml", "target": {"kind": "StatefulSet", "name": "redis-master"}},
         ],
     }
-    return {"kustomization.yaml": kustomization, "deployment.yaml": deployment, "statefulset.yaml": statefulset}
+    files = {"kustomization.yaml": kustomization, "deployment.yaml": deployment, "statefulset.yaml": statefulset}
+    if topology == "relay":
+        relay = sized_redis(master_memory, master_args(s)[2:])  # a replica ignores maxmemory
+        relay.append(statefulset[-1])  # the volume: snapshots, as the master's
+        kustomization["patches"].append(
+            {"path": "relay.yaml", "target": {"kind": "StatefulSet", "name": "redis-relay"}}
+        )
+        files["relay.yaml"] = relay
+    if topology == "node-local":
+        kustomization["patches"].append({"path": "node.yaml", "target": {"kind": "DaemonSet", "name": "redis-node"}})
+        files["node.yaml"] = sized_redis(mebibytes(s["replica_memory"]))
+    return files
 
 
 def duration(seconds):
@@ -147,7 +187,10 @@ def gib(n):
     return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / MI:.0f} MiB"
 
 
-def table(s, egress_mbps):
+def table(s, egress_mbps, topology="sidecar"):
+    egress = f"{s['pods']} full syncs at {egress_mbps} Mbit/s"
+    if topology != "sidecar":
+        egress = "the API pods sync from the relays" if topology == "relay" else "the API pods hold no data"
     rows = [
         ("replica memory (request = limit)", mebibytes(s["replica_memory"]), "2 × maxmemory (swapdb resync) + 64Mi"),
         ("master maxmemory", redis_bytes(s["maxmemory"]), "data set + 25 %, noeviction"),
@@ -159,8 +202,14 @@ def table(s, egress_mbps):
         ("progressDeadlineSeconds", str(s["progress_deadline_seconds"]), "3 batches"),
         ("deploy timeout (ROLLOUT_TIMEOUT)", f"{s['deploy_timeout_seconds']}s", "1.5 × the full rollout"),
         ("full rollout", duration(s["rollout_seconds"]), f"{math.ceil(s['pods'] / s['max_surge'])} batches"),
-        ("master egress per rollout", gib(s["egress_per_rollout"]), f"{s['pods']} full syncs at {egress_mbps} Mbit/s"),
+        ("master egress per rollout", gib(s["egress_per_rollout"]) if topology == "sidecar" else "0", egress),
     ]
+    if topology == "relay":
+        rows.insert(
+            1, ("relay memory (request = limit)", mebibytes(s["master_memory"]), "as the master: its pods' master")
+        )
+    if topology == "node-local":
+        rows[0] = ("node replica memory (request = limit)", *rows[0][1:])
     lines = ["| setting | value | rule |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
@@ -173,16 +222,17 @@ def main(argv=None):
     parser.add_argument("--egress-mbps", type=float, required=True, help="the master's egress, Mbit/s")
     parser.add_argument("--writes-mbps", type=float, default=0.2, help="write traffic to the master, MB/s (0.2)")
     parser.add_argument("--out", type=Path, help="write the kustomize component here")
+    parser.add_argument("--topology", choices=TOPOLOGIES, default="sidecar", help="the overlay it sizes (sidecar)")
     args = parser.parse_args(argv)
     for name in ("pods", "egress_mbps", "writes_mbps"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     s = size(args.dataset, args.pods, args.egress_mbps, args.writes_mbps)
     print(f"Sizing for {gib(args.dataset)} of data, {args.pods} pods, {args.egress_mbps:g} Mbit/s of master egress:\n")
-    print(table(s, f"{args.egress_mbps:g}"))
+    print(table(s, f"{args.egress_mbps:g}", args.topology))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        for name, doc in component(s).items():
+        for name, doc in component(s, args.topology).items():
             (args.out / name).write_text(yaml.safe_dump(doc, sort_keys=False))
         print(f"\nWrote the component to {args.out}: list it under `components:` beside the overlay or deploy/master.")
     return s

@@ -30,6 +30,8 @@ PODS = 3
 LATE_PORTS = (API_PORT + PODS, ADMIN_PORT + PODS)
 BADCERT_PORTS = (18090, 19090)
 CENTRAL_PORTS = (18095, 19095)
+# The pods the e2e plays: teardown removes every pod named so.
+POD_PREFIXES = ("redis-master", "read-api-", "redis-relay", "redis-node")
 # Errors that mean "not yet" while waiting for a pod or the master.
 TRANSIENT = (
     OSError,
@@ -144,10 +146,11 @@ def exporter_passwords(password, *addresses):
 
 def secret_config_maps(master_password, replica_password, users=None):
     """The Secrets a cluster would hold, as ConfigMaps of the same names (podman 4.3 reads no Secrets),
-    with the keys make deploy-master writes. master_password: the admin's. users: the passwords of the
-    master's ACL users api, replica, heartbeat and exporter (deploy/config/redis-master/acl-users.conf);
-    new ones if not given."""
-    users = users or {name: secrets.token_hex(16) for name in ("api", "replica", "heartbeat", "exporter")}
+    with the keys make deploy-master and make deploy-relay write. master_password: the admin's. users: the
+    passwords of the master's ACL users api, replica, heartbeat and exporter (deploy/config/redis-master/
+    acl-users.conf), and of the relays' admin and replica user (relay-admin, relay-replica); new ones if not given."""
+    names = ("api", "replica", "heartbeat", "exporter", "relay-admin", "relay-replica")
+    users = {name: secrets.token_hex(16) for name in names} | (users or {})
     certs, rogue = WORK / "certs", WORK / "rogue-certs"
     ca = (certs / "ca.crt").read_text()
 
@@ -178,6 +181,7 @@ def secret_config_maps(master_password, replica_password, users=None):
                 "exporter-passwords.json": exporter_passwords(replica_password, "redis://127.0.0.1:6379"),
             },
         ),
+        config_map("redis-relay", {"password": users["relay-admin"], "replica-password": users["relay-replica"]}),
         config_map(
             "redis-master-tls",
             {
@@ -229,7 +233,52 @@ def play_one(name, target, ports, *options):
 
 def pod_names():
     out = podman("pod", "ps", "--format", "{{.Name}}").stdout.split()
-    return [n for n in out if n.startswith(("redis-master", "read-api-"))]
+    return [n for n in out if n.startswith(POD_PREFIXES)]
+
+
+def redis_cli(container, *args, auth_file=None):
+    """redis-cli on 127.0.0.1 inside CONTAINER: its REDISCLI_AUTH, or the password in AUTH_FILE there."""
+    command = 'redis-cli -h 127.0.0.1 "$@"'
+    if auth_file:
+        command = f"read -r REDISCLI_AUTH <{auth_file}; export REDISCLI_AUTH; {command}"
+    return podman("exec", container, "sh", "-c", command, "redis-cli", *args, check=False).stdout.strip()
+
+
+def relay_cli(relay, *args):
+    """redis-cli as a relay's admin (the default user; its password file in deploy/overlays/relay)."""
+    return redis_cli(f"{relay}-redis", *args, auth_file="/etc/redis/users/default")
+
+
+def info(text):
+    """`field:value` lines of INFO as a dict."""
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+def replication_totals(client):
+    """What the master has sent its replicas, and how: one INFO, so the figures agree."""
+    i = client.info("everything")
+    return {
+        "sent": int(i["total_net_repl_output_bytes"]),
+        "offset": int(i["master_repl_offset"]),
+        "replicas": int(i["connected_slaves"]),
+        "sync_full": int(i["sync_full"]),
+        "sync_partial_ok": int(i["sync_partial_ok"]),
+    }
+
+
+def sync_bytes(before, after):
+    """Bytes the master sent beyond the replication stream between two replication_totals: every
+    connected replica receives the stream (the offset's growth), the rest is full syncs' snapshots.
+    Exact while the same replicas stay connected."""
+    stream = after["replicas"] * (after["offset"] - before["offset"])
+    return after["sent"] - before["sent"] - stream
+
+
+def remove_pod(name, grace=10):
+    """podman pod rm, as a cluster deletes a pod: SIGTERM, GRACE seconds, SIGKILL. podman 4.3 sometimes
+    fails when the SIGKILL meets a container that has just exited ("container state improper"): once more."""
+    if podman("pod", "rm", "-f", "-t", str(grace), name, check=False).returncode != 0:
+        podman("pod", "rm", "-f", name)
 
 
 def pod_logs(pod, lines=15):

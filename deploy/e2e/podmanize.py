@@ -6,7 +6,14 @@ Every change is something podman lacks, never a change of what the pods run
 
 - Deployments become one Pod per replica (NAME-0, NAME-1, ...) and StatefulSets
   one Pod per replica (NAME alone for one replica), so each pod can publish its
-  own ports and be found by the name the manifests use.
+  own ports and be found by the name the manifests use. A DaemonSet becomes one
+  Pod, NAME: podman is one node, and the pod name is what the Service the API
+  reaches it through (redis-node) is called.
+- A Service in front of several pods (redis-relay) has no podman equivalent:
+  --spread SERVICE=COUNT points the pods of each Deployment at the pods behind
+  it in turn (replica i of the Deployment at SERVICE-(i mod COUNT)), as a
+  Service spreads connections, wherever the host SERVICE appears in a
+  container's command, args or env values.
 - A volumeClaimTemplate becomes a directory under --volume-dir, owned by the
   pod's fsGroup, mounted as hostPath: podman 4.3 applies no fsGroup to volumes.
 - Ports named with --publish NAME=PORT get hostPort PORT + replica index on
@@ -20,15 +27,22 @@ Every change is something podman lacks, never a change of what the pods run
 - Images that the e2e builds from this machine's Debian binaries get the
   names it builds them under (e2e_images.py): the manifests keep the names a
   cluster pulls, and podman never finds a local build under those names.
+- podman 4.3 makes each emptyDir a named volume, shared by every pod with a
+  volume of that name: the master's and the relays' `run` would hold one
+  auth.conf, which each start-redis.sh rewrites. Each pod gets its own
+  (POD-NAME), as on a cluster.
 - Kinds with no podman equivalent are dropped (Namespace, Service,
   ServiceAccount, NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget,
   PodMonitor): pods on one podman network reach each other by pod name.
 
 Usage: podmanize.py [--publish NAME=PORT]... [--rename OLD=NEW]... [--rename-config OLD=NEW]...
-                    [--config FILE]... [--volume-dir DIR] [--replicas N] < rendered.yaml > play.yaml
+                    [--config FILE]... [--volume-dir DIR] [--replicas N] [--spread SERVICE=COUNT]...
+                    [--scale STATEFULSET=N]... [--skip NAME]...
+                    < rendered.yaml > play.yaml
   --rename         renames a workload (and so its pods)
   --rename-config  points references to ConfigMap or Secret OLD at NEW instead
   --config         YAML with ConfigMaps to resolve env references against (also emitted)
+  --skip           leaves out workload NAME (a rollout of the API pods plays them alone)
 """
 
 import argparse
@@ -125,19 +139,48 @@ def unpublish_the_rest(spec):
             container.pop("ports", None)
 
 
+def spread(spec, services, index):
+    """Points the pod at one pod behind each Service in SERVICES ({name: count})."""
+    for service, count in services.items():
+        target = f"{service}-{index % int(count)}"
+        pattern = re.compile(rf"(?<![\w.-]){re.escape(service)}(?![\w-])")
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for field in ("command", "args"):
+                if field in container:
+                    container[field] = [pattern.sub(target, part) for part in container[field]]
+            for env in container.get("env", []):
+                if "value" in env:
+                    env["value"] = pattern.sub(target, env["value"])
+
+
+def private_empty_dirs(spec, pod_name):
+    """Renames every emptyDir to POD-NAME, so that no other pod shares it."""
+    names = {v["name"]: f"{pod_name}-{v['name']}" for v in spec.get("volumes", []) if "emptyDir" in v}
+    for volume in spec.get("volumes", []):
+        volume["name"] = names.get(volume["name"], volume["name"])
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            mount["name"] = names.get(mount["name"], mount["name"])
+
+
 def use_e2e_images(spec, mapping):
     for container in spec.get("initContainers", []) + spec["containers"]:
         container["image"] = e2e_image(container["image"], mapping)
 
 
-def pods_of(workload, ports, renames, volume_dir):
+def pods_of(workload, ports, renames, volume_dir, services):
     name = renames.get(workload["metadata"]["name"], workload["metadata"]["name"])
-    replicas = workload["spec"].get("replicas", 1)
+    # A DaemonSet: one node, one pod.
+    replicas = 1 if workload["kind"] == "DaemonSet" else workload["spec"].get("replicas", 1)
     template = workload["spec"]["template"]
     claims = workload["spec"].get("volumeClaimTemplates", [])
     for index in range(replicas):
-        pod_name = name if workload["kind"] == "StatefulSet" and replicas == 1 else f"{name}-{index}"
+        single = workload["kind"] == "DaemonSet" or (workload["kind"] == "StatefulSet" and replicas == 1)
+        pod_name = name if single else f"{name}-{index}"
         spec = copy.deepcopy(template["spec"])
+        private_empty_dirs(spec, pod_name)
+        if workload["kind"] == "Deployment":
+            spread(spec, services, index)
         use_e2e_images(spec, stand_ins())
         publish(spec, ports, index)
         unpublish_the_rest(spec)
@@ -166,10 +209,15 @@ def main():
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--volume-dir", help="where the volumes of StatefulSet pods go")
     parser.add_argument("--replicas", type=int, help="pods per Deployment, instead of its replicas")
+    parser.add_argument("--spread", action="append", default=[], help="SERVICE=COUNT: see above")
+    parser.add_argument("--scale", action="append", default=[], help="NAME=N: pods of StatefulSet NAME")
+    parser.add_argument("--skip", action="append", default=[], help="a workload to leave out")
     args = parser.parse_args()
     ports = pairs(args.publish, "--publish")
     renames = pairs(args.rename, "--rename")
     config_renames = pairs(args.rename_config, "--rename-config")
+    services = pairs(args.spread, "--spread")
+    scales = pairs(args.scale, "--scale")
 
     extra = [doc for path in args.config for doc in yaml.safe_load_all(open(path)) if doc]
     docs = [doc for doc in yaml.safe_load_all(sys.stdin) if doc]
@@ -180,10 +228,14 @@ def main():
         kind = doc["kind"]
         if kind in DROPPED:
             continue
-        if kind in ("Deployment", "StatefulSet"):
+        if kind in ("Deployment", "StatefulSet", "DaemonSet") and doc["metadata"]["name"] in args.skip:
+            continue
+        if kind in ("Deployment", "StatefulSet", "DaemonSet"):
             if kind == "Deployment" and args.replicas is not None:
                 doc["spec"]["replicas"] = args.replicas
-            for item in pods_of(doc, ports, renames, args.volume_dir):
+            if kind == "StatefulSet" and doc["metadata"]["name"] in scales:
+                doc["spec"]["replicas"] = int(scales[doc["metadata"]["name"]])
+            for item in pods_of(doc, ports, renames, args.volume_dir, services):
                 if item["kind"] == "Pod":
                     secrets_to_config_maps(item["spec"], config_renames)
                     expand_env(item["spec"], config_maps)

@@ -180,3 +180,24 @@ def test_pods_roll_when_a_secret_they_read_changes(cluster):
     cluster.store(secret)
     assert cluster.deploy("sidecar").returncode == 0
     assert pod_annotations(cluster, "Deployment", "read-api")["read-api.io/secrets-hash"] not in ("", api)
+
+
+@pytest.mark.parametrize("topology", ["relay", "node-local"])
+def test_the_shared_replica_topologies_get_their_secrets_and_roll_with_them(cluster, topology):
+    """make deploy-relay writes the relays' Secret (kept on a rerun); both topologies put the hash
+    of every Secret their pods read into the API's pod template and the shared replica's."""
+    assert cluster.deploy("master").returncode == 0
+    result = cluster.deploy(topology)
+    assert result.returncode == 0, result.stderr
+    shared = {"relay": ("StatefulSet", "redis-relay"), "node-local": ("DaemonSet", "redis-node")}[topology]
+    hashes = {pod_annotations(cluster, *w)["read-api.io/secrets-hash"] for w in [("Deployment", "read-api"), shared]}
+    assert len(hashes) == 1 and re.fullmatch(r"[0-9a-f]{16}", hashes.pop())
+    if topology == "relay":
+        relay = cluster.secret("redis-relay")
+        assert set(relay) == SECRETS["redis-relay"]
+        assert relay["password"] != relay["replica-password"] and all(len(p) == 48 for p in relay.values())
+        assert cluster.deploy("relay").returncode == 0
+        assert cluster.secret("redis-relay") == relay, "a rerun keeps the passwords the relays and pods use"
+    else:
+        assert not cluster.applied("Secret.redis-relay")
+    assert set(cluster.secret("read-api-replica")) == SECRETS["read-api-replica"]

@@ -14,7 +14,18 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CONFIG = DEPLOY / "config"
 KUBERNETES_VERSIONS = ["1.29.0", "1.33.0"]
-RENDERED = ["base", "overlays/sidecar", "overlays/central", "master", "tests/all-components", "tests/master-components"]
+RENDERED = [
+    "base",
+    "overlays/sidecar",
+    "overlays/central",
+    "overlays/relay",
+    "overlays/node-local",
+    "master",
+    "tests/all-components",
+    "tests/master-components",
+]
+# The overlays that put the API in front of Redis, each its own way.
+OVERLAYS = ["overlays/sidecar", "overlays/central", "overlays/relay", "overlays/node-local"]
 # Kinds that come from CRDs, which the validator has no schema for.
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "Certificate", "Issuer"}
 # Secrets the user (or make deploy-*) creates; the manifests only refer to them.
@@ -38,6 +49,8 @@ SECRETS = {
         "exporter-passwords.json",
     },
     "read-api-replica": {"password", "exporter-passwords.json"},
+    # The relays' admin (default user: their probes) and the user their pods' replicas follow them as.
+    "redis-relay": {"password", "replica-password"},
     "redis-master-tls": {"tls.crt", "tls.key", "ca.crt"},
 }
 
@@ -93,7 +106,7 @@ def conf_lines(text: str) -> dict[str, str]:
 
 
 def workloads(target: str) -> list[dict]:
-    return [o for o in objects(target) if o["kind"] in ("Deployment", "StatefulSet")]
+    return [o for o in objects(target) if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
 
 
 # --- rendering and schemas -------------------------------------------------
@@ -139,6 +152,17 @@ CONFIG_MAPS = {
         "redis-master-config": "redis-master/redis-master.conf redis-master/acl-users.conf",
     },
     "overlays/central": {},
+    "overlays/relay": {
+        "redis-start": "redis-start/start-redis.sh",
+        "redis-replica-config": "redis-replica/redis-replica.conf",
+        "redis-relay-config": "redis-relay/redis-relay.conf redis-relay/acl-users.conf",
+        "stunnel-config": "stunnel/stunnel.conf stunnel/start-stunnel.sh",
+    },
+    "overlays/node-local": {
+        "redis-start": "redis-start/start-redis.sh",
+        "redis-node-config": "redis-node/redis-node.conf",
+        "stunnel-config": "stunnel/stunnel.conf stunnel/start-stunnel.sh",
+    },
 }
 
 
@@ -161,14 +185,23 @@ def test_sidecar_pod_holds_api_replica_and_stunnel():
     assert [c["name"] for c in spec["containers"]] == ["api", "redis", "stunnel"]
 
 
-def test_replica_follows_the_master_through_stunnel():
-    spec = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))
-    replica = conf_lines(config_map("overlays/sidecar", "redis-replica-config")["data"]["redis-replica.conf"])
+# Who follows the master through a stunnel in its own pod: (render, kind, workload, redis.conf generator, file).
+FOLLOWERS = [
+    ("overlays/sidecar", "Deployment", "read-api", "redis-replica-config", "redis-replica.conf"),
+    ("overlays/relay", "StatefulSet", "redis-relay", "redis-relay-config", "redis-relay.conf"),
+    ("overlays/node-local", "DaemonSet", "redis-node", "redis-node-config", "redis-node.conf"),
+]
+
+
+@pytest.mark.parametrize("target,kind,name,generator,conf", FOLLOWERS)
+def test_replica_follows_the_master_through_stunnel(target, kind, name, generator, conf):
+    spec = pod_spec(one(target, kind, name))
+    replica = conf_lines(config_map(target, generator)["data"][conf])
     stunnel = container(spec, "stunnel")
     accept = env(stunnel)["STUNNEL_ACCEPT"]["value"]
     assert replica["replicaof"].replace(" ", ":") == accept
     assert accept.startswith("127.0.0.1:"), "the tunnel's plaintext end stays inside the pod"
-    stunnel_conf = config_map("overlays/sidecar", "stunnel-config")["data"]["stunnel.conf"]
+    stunnel_conf = config_map(target, "stunnel-config")["data"]["stunnel.conf"]
     settings = dict(
         (k.strip(), v.strip())
         for k, _, v in (line.partition("=") for line in stunnel_conf.splitlines())
@@ -182,8 +215,9 @@ def test_replica_follows_the_master_through_stunnel():
     assert settings["CAfile"] == "@STUNNEL_CA_FILE@"
 
 
-def test_stunnel_verifies_the_ca_from_the_master_secret():
-    spec = pod_spec(one("overlays/sidecar", "Deployment", "read-api"))
+@pytest.mark.parametrize("target,kind,name,generator,conf", FOLLOWERS)
+def test_stunnel_verifies_the_ca_from_the_master_secret(target, kind, name, generator, conf):
+    spec = pod_spec(one(target, kind, name))
     stunnel = container(spec, "stunnel")
     ca_file = env(stunnel)["STUNNEL_CA_FILE"]["value"]
     mount = next(m for m in stunnel["volumeMounts"] if ca_file.startswith(m["mountPath"] + "/"))
@@ -192,6 +226,13 @@ def test_stunnel_verifies_the_ca_from_the_master_secret():
     assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]
     for variable, key in [("MASTER_HOST", "host"), ("MASTER_PORT", "port")]:
         assert env(stunnel)[variable]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": key}
+    # Whoever follows the master does so as its user for replicas, with the password as a file of its own.
+    redis = container(spec, "redis")
+    assert env(redis)["MASTER_USER"]["valueFrom"]["secretKeyRef"] == {"name": "redis-master", "key": "replica-user"}
+    assert secret_file(spec, redis, env(redis)["MASTER_PASSWORD_FILE"]["value"]) == (
+        "redis-master",
+        "replica-password",
+    )
 
 
 def test_api_reads_the_local_replica():
@@ -243,6 +284,106 @@ def test_central_reads_the_master_over_tls():
     mount = next(m for m in api["volumeMounts"] if ca_file.startswith(m["mountPath"] + "/"))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == "redis-master"
+
+
+# --- the relay topology ------------------------------------------------------
+
+
+def test_relay_pods_follow_the_relays_not_the_master():
+    """The API pod keeps its replica, which follows the Service redis-relay as the relays'
+    user for replicas; stunnel and every way to the master leave the pod."""
+    spec = pod_spec(one("overlays/relay", "Deployment", "read-api"))
+    assert [c["name"] for c in spec["containers"]] == ["api", "redis"]
+    assert {"stunnel-config", "master-ca", "stunnel-run"}.isdisjoint(v["name"] for v in spec["volumes"])
+    redis = container(spec, "redis")
+    command = redis["command"]
+    assert command[:3] == ["sh", "/etc/redis/start/start-redis.sh", "/etc/redis/conf/redis-replica.conf"]
+    assert command[3:5] == ["--replicaof", "redis-relay"], command
+    relay_conf = conf_lines(config_map("overlays/relay", "redis-relay-config")["data"]["redis-relay.conf"])
+    service = one("overlays/relay", "Service", "redis-relay")
+    [port] = service["spec"]["ports"]
+    assert int(command[5]) == port["port"] == int(relay_conf["port"])
+    relay = one("overlays/relay", "StatefulSet", "redis-relay")
+    assert service["spec"]["selector"].items() <= relay["spec"]["template"]["metadata"]["labels"].items()
+    relay_redis = container(pod_spec(relay), "redis")
+    assert {"name": "redis", "containerPort": port["port"], "protocol": "TCP"} in relay_redis["ports"]
+    assert port["targetPort"] == "redis"
+    # As the relays' user "replica", defined in their acl-users.conf, with that user's password.
+    users = config_map("overlays/relay", "redis-relay-config")["data"]["acl-users.conf"]
+    user = env(redis)["MASTER_USER"]["value"]
+    rules = re.search(rf"^user {user} (.*)$", users, re.M).group(1).split()
+    assert "-@all" in rules and "resetkeys" in rules and "+psync" in rules
+    assert secret_file(spec, redis, env(redis)["MASTER_PASSWORD_FILE"]["value"]) == ("redis-relay", "replica-password")
+    relay_spec = pod_spec(relay)
+    users_dir = env(relay_redis)["REDIS_USERS_DIR"]["value"]
+    assert secret_file(relay_spec, relay_redis, f"{users_dir}/{user}") == ("redis-relay", "replica-password")
+    assert secret_file(relay_spec, relay_redis, env(relay_redis)["REDIS_PASSWORD_FILE"]["value"]) == (
+        "redis-relay",
+        "password",
+    )
+    # The pod's own replica and the API still share the pod-local password.
+    api = container(spec, "api")
+    for c in (redis, api):
+        assert secret_file(spec, c, env(c)["REDIS_PASSWORD_FILE"]["value"]) == ("read-api-replica", "password")
+    assert env(api)["REDIS_URL"]["value"] == "redis://127.0.0.1:6379"
+
+
+def test_relays_spread_over_zones_persist_and_serve_the_pods():
+    relay = one("overlays/relay", "StatefulSet", "redis-relay")
+    spec = pod_spec(relay)
+    assert relay["spec"]["replicas"] == 3, "one per zone, for three zones"
+    zone = next(c for c in spec["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone")
+    assert (zone["maxSkew"], zone["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+    assert zone["labelSelector"]["matchLabels"] == relay["spec"]["selector"]["matchLabels"]
+    conf = conf_lines(config_map("overlays/relay", "redis-relay-config")["data"]["redis-relay.conf"])
+    # Snapshots on the volume carry the replication ID: a restarted relay resumes partially.
+    assert conf["save"] and conf["save"] != '""' and conf["appendonly"] == "no"
+    redis = container(spec, "redis")
+    data = next(m for m in redis["volumeMounts"] if m["name"] == "data")
+    assert data["mountPath"] == redis["workingDir"]
+    assert [t["metadata"]["name"] for t in relay["spec"]["volumeClaimTemplates"]] == ["data"]
+    # It listens beyond loopback (the pods come over the network), with a password.
+    assert "127.0.0.1" not in conf["bind"] and "requirepass" not in conf
+    assert env(redis)["REDIS_PASSWORD_FILE"]["value"]
+    assert conf["replica-read-only"] == "yes" and conf["repl-diskless-sync"] == "yes"
+    assert conf["client-output-buffer-limit"] == "replica 256mb 0 0"
+
+
+@pytest.mark.parametrize("target,kind,name", [("overlays/relay", "StatefulSet", "redis-relay"),
+                                              ("overlays/node-local", "DaemonSet", "redis-node")])  # fmt: skip
+def test_a_shared_replica_is_ready_only_with_data_and_alive_while_loading(target, kind, name):
+    """Its readiness puts it behind the Service: only once it holds the master's data (an offset
+    past 0), so no pod ever reads or syncs an empty one; LOADING keeps it alive."""
+    redis = container(pod_spec(one(target, kind, name)), "redis")
+    ready = " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "grep -q PONG" in ready and "master_repl_offset:[1-9]" in ready
+    live = " ".join(redis["livenessProbe"]["exec"]["command"])
+    assert "PONG|LOADING" in live
+
+
+# --- the node-local topology --------------------------------------------------
+
+
+def test_node_local_api_reads_its_nodes_replica_through_a_local_service():
+    spec = pod_spec(one("overlays/node-local", "Deployment", "read-api"))
+    assert [c["name"] for c in spec["containers"]] == ["api"]
+    node = one("overlays/node-local", "DaemonSet", "redis-node")
+    service = one("overlays/node-local", "Service", "redis-node")
+    assert service["spec"]["internalTrafficPolicy"] == "Local"
+    assert service["spec"]["selector"].items() <= node["spec"]["template"]["metadata"]["labels"].items()
+    [port] = service["spec"]["ports"]
+    conf = conf_lines(config_map("overlays/node-local", "redis-node-config")["data"]["redis-node.conf"])
+    url = env(container(spec, "api"))["REDIS_URL"]["value"]
+    assert url == f"redis://redis-node:{port['port']}" and port["port"] == int(conf["port"])
+    assert "127.0.0.1" not in conf["bind"], "the API pods come over the pod network"
+    assert conf["replica-read-only"] == "yes" and conf["replica-serve-stale-data"] == "yes"
+    assert conf["save"] == '""' and conf["appendonly"] == "no"
+    # The API reads with the node replica's own password.
+    redis = container(pod_spec(node), "redis")
+    for pod, c in ((pod_spec(node), redis), (spec, container(spec, "api"))):
+        assert secret_file(pod, c, env(c)["REDIS_PASSWORD_FILE"]["value"]) == ("read-api-replica", "password")
+    # A new node replica syncs beside the old one before it goes: the node's API pods stay in service.
+    assert node["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
 def test_in_cluster_master_is_tls_only_with_a_secret_password_and_a_volume():
@@ -377,8 +518,9 @@ def e2e_images_module():
 def test_pods_spread_and_outlive_the_api_drain(target):
     for workload in workloads(target):
         spec = pod_spec(workload)
-        if workload["kind"] == "Deployment":
-            assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+        if workload["kind"] == "Deployment" or workload["metadata"]["name"] == "redis-relay":
+            keys = [c["topologyKey"] for c in spec["topologySpreadConstraints"]]
+            assert "kubernetes.io/hostname" in keys
         for c in all_containers(spec):
             grace = env(c).get("SHUTDOWN_GRACE_SECONDS")
             if grace:
@@ -500,7 +642,7 @@ def test_every_pod_is_isolated_both_ways(target):
             )
 
 
-@pytest.mark.parametrize("target", ["overlays/sidecar", "overlays/central"])
+@pytest.mark.parametrize("target", OVERLAYS)
 def test_api_pods_take_the_public_port_from_anywhere_the_rest_from_monitoring(target):
     ingress = policies(target)["read-api-ingress"]
     assert ingress["policyTypes"] == ["Ingress"]
@@ -533,13 +675,52 @@ def test_api_pods_reach_only_dns_and_the_master(target):
         assert selects(egress["podSelector"], {"app.kubernetes.io/name": name}), name
 
 
+DNS = [
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+]
+
+
+# The shared replica of each topology, what the API pods reach instead of the master: (render, its name, kind).
+SHARED = [("overlays/relay", "redis-relay", "StatefulSet"), ("overlays/node-local", "redis-node", "DaemonSet")]
+
+
+@pytest.mark.parametrize("target,shared,kind", SHARED)
+def test_api_pods_reach_only_dns_and_their_shared_replica(target, shared, kind):
+    """Relay and node-local API pods never reach the master: DNS and the relays (or node replicas) on 6379."""
+    found = policies(target)
+    dns, replica = found["read-api-egress"]["egress"]
+    assert dns["to"] == DNS
+    assert replica["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": shared}}}]
+    [port] = one(target, "Service", shared)["spec"]["ports"]
+    assert replica["ports"] == [{"port": port["port"], "protocol": "TCP"}]
+    workload = one(target, kind, shared)
+    assert selects(replica["to"][0]["podSelector"], workload["spec"]["template"]["metadata"]["labels"])
+    # The shared replica: in, the API pods on its port and metrics from monitoring; out, DNS and the master.
+    clients, monitoring = found[f"{shared}-ingress"]["ingress"]
+    assert clients["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "read-api"}}}]
+    assert [p["port"] for p in clients["ports"]] == ["redis"]
+    assert monitoring["from"] == MONITORING
+    dns, master = found[f"{shared}-egress"]["egress"]
+    assert dns["to"] == DNS
+    assert master["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis-master"}}}]
+    conf = conf_lines(config_map("master", "redis-master-config")["data"]["redis-master.conf"])
+    assert master["ports"] == [{"port": int(conf["tls-port"]), "protocol": "TCP"}]
+    # And the master lets it in.
+    [source] = policies("master")["redis-master-ingress"]["ingress"][0]["from"]
+    assert selects(source["podSelector"], {"app.kubernetes.io/name": shared})
+
+
 def test_the_master_takes_only_api_pods_on_its_tls_port_and_connects_to_nothing():
     found = policies("master")
     ingress = found["redis-master-ingress"]
     clients, monitoring = ingress["ingress"]
     [source] = clients["from"]
     assert set(source) == {"podSelector"}, "pods of the master's namespace only"
-    for name, allowed in [("read-api", True), ("read-api-heartbeat", True), ("redis-master", False), ("x", False)]:
+    followers = ["read-api", "read-api-heartbeat", "redis-relay", "redis-node"]
+    for name, allowed in [*((f, True) for f in followers), ("redis-master", False), ("x", False)]:
         assert selects(source["podSelector"], {"app.kubernetes.io/name": name}) is allowed, name
     assert [p["port"] for p in clients["ports"]] == ["redis-tls"]
     assert monitoring["from"] == MONITORING and [p["port"] for p in monitoring["ports"]] == ["redis-metrics"]
@@ -583,6 +764,8 @@ def test_each_component_has_a_readme():
     [
         "deploy-sidecar",
         "deploy-central",
+        "deploy-relay",
+        "deploy-node-local",
         "deploy-master",
         "master-secret",
         "undeploy",

@@ -70,3 +70,41 @@ def test_podman_gets_no_network_policy():
     assert "kind: NetworkPolicy" in rendered
     kinds = {doc["kind"] for doc in podmanize(rendered, "--replicas", "1")}
     assert kinds == {"Pod", "ConfigMap"}
+
+
+def test_a_daemonset_is_one_pod_named_as_its_service():
+    """podman is one node: the node replica is one pod, redis-node, the name the API's REDIS_URL uses."""
+    docs = podmanize(render("overlays/node-local"), "--replicas", "2")
+    pods = [d["metadata"]["name"] for d in docs if d["kind"] == "Pod"]
+    assert pods == ["read-api-0", "read-api-1", "redis-node"]
+    api = next(d for d in docs if d["metadata"]["name"] == "read-api-0")["spec"]["containers"][0]
+    url = next(e["value"] for e in api["env"] if e["name"] == "REDIS_URL")
+    assert url == "redis://redis-node:6379"
+
+
+def test_spread_points_each_api_pod_at_one_relay_as_the_service_would():
+    docs = podmanize(render("overlays/relay"), "--replicas", "3", "--spread", "redis-relay=2",
+                     "--scale", "redis-relay=2", "--volume-dir", str(REPO / "target/test-podmanize"))  # fmt: skip
+    pods = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Pod"}
+    assert sorted(pods) == ["read-api-0", "read-api-1", "read-api-2", "redis-relay-0", "redis-relay-1"]
+    for i in range(3):
+        redis = next(c for c in pods[f"read-api-{i}"]["containers"] if c["name"] == "redis")
+        assert redis["command"][-2:] == [f"redis-relay-{i % 2}", "6379"], redis["command"]
+        # Names that only contain the Service's name stay as they are: the Secret redis-relay, now a ConfigMap.
+        volume = next(v for v in pods[f"read-api-{i}"]["volumes"] if v["name"] == "master-password")
+        assert volume["configMap"]["name"] == "redis-relay"
+
+
+def test_every_pod_has_its_own_empty_dirs():
+    """podman 4.3 shares a named volume between pods: the master's and the relays' /run/redis
+    (auth.conf) would be one."""
+    docs = podmanize(render("overlays/relay"), "--replicas", "2", "--volume-dir", str(REPO / "target/test-podmanize"))
+    seen = {}
+    for pod in (d for d in docs if d["kind"] == "Pod"):
+        for volume in pod["spec"]["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["name"].startswith(pod["metadata"]["name"] + "-"), volume["name"]
+                assert volume["name"] not in seen
+                seen[volume["name"]] = pod["metadata"]["name"]
+        mounts = {m["name"] for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])}
+        assert mounts <= {v["name"] for v in pod["spec"]["volumes"]}

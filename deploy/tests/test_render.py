@@ -33,7 +33,10 @@ def version(name):
     ).stdout.strip()
 
 
-@pytest.mark.parametrize("topology", ["sidecar", "central", "master"])
+TOPOLOGIES = ["sidecar", "central", "relay", "node-local", "master"]
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_render_puts_every_namespaced_object_in_the_namespace_asked_for(topology):
     objects = render(topology, NAMESPACE="team-a")
     for obj in objects:
@@ -55,7 +58,7 @@ def test_every_rendered_image_comes_from_deploy_images():
     for doc in yaml.safe_load_all((REPO / "deploy/images/images.yaml").read_text()):
         tag = doc["imageTag"]
         home[tag["newName"]] = tag["newTag"] + (f"@{tag['digest']}" if "digest" in tag else "")
-    for topology in ["sidecar", "central", "master"]:
+    for topology in TOPOLOGIES:
         for image in {
             c["image"]
             for obj in render(topology)
@@ -98,12 +101,16 @@ MASTER_ONLY = {"cert-manager"}
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-@pytest.mark.parametrize("overlay", ["overlays/sidecar", "overlays/central", "master"])
+@pytest.mark.parametrize(
+    "overlay", ["overlays/sidecar", "overlays/central", "overlays/relay", "overlays/node-local", "master"]
+)
 def test_components_keep_every_object_in_the_kit_namespace(tmp_path, overlay, component):
     if (overlay == "master") != (component in MASTER_ONLY):
         pytest.skip(f"{component} is not for {overlay}")
-    if overlay == "overlays/central" and component in SIDECAR_ONLY:
+    if overlay in ("overlays/central", "overlays/node-local") and component in SIDECAR_ONLY:
         pytest.skip(f"{component} applies to the sidecar pod only")
+    if overlay == "overlays/relay" and component == "native-sidecars":
+        pytest.skip("native-sidecars moves the sidecar pod's replica and stunnel; the relay pod has no stunnel")
     for obj in user_kustomization(tmp_path, overlay, [component]):
         if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"].get("namespace") == "read-api", (

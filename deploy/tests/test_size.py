@@ -103,3 +103,40 @@ def test_the_shipped_defaults_are_what_make_size_says_for_the_stated_default():
     assert resources["limits"]["memory"] == resources["requests"]["memory"] == size.mebibytes(s["master_memory"])
     storage = master["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
     assert storage == size.mebibytes(s["master_volume"])
+
+
+@pytest.mark.parametrize("topology,base,kind,name", [
+    ("relay", "deploy/overlays/relay", "StatefulSet", "redis-relay"),
+    ("node-local", "deploy/overlays/node-local", "DaemonSet", "redis-node"),
+])  # fmt: skip
+def test_the_component_sizes_the_shared_replicas(tmp_path, topology, base, kind, name):
+    s = size.main(["--dataset", "1Gi", "--pods", "100", "--egress-mbps", "1000", "--topology", topology,
+                   "--out", str(tmp_path / "size")])  # fmt: skip
+    out = REPO / "target/test-size" / topology
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["rm", "-rf", str(out / "size")], check=True)
+    subprocess.run(["cp", "-r", str(tmp_path / "size"), str(out)], check=True)
+    objects = render(out, base, out / "size")
+    shared = next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+    redis = shared["spec"]["template"]["spec"]["containers"][0]
+    want = size.mebibytes(s["master_memory"] if topology == "relay" else s["replica_memory"])
+    assert redis["resources"]["limits"]["memory"] == redis["resources"]["requests"]["memory"] == want
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == s["max_surge"]
+    containers = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert containers == (["api", "redis"] if topology == "relay" else ["api"])
+    if topology == "relay":
+        assert redis["args"] == ["--repl-backlog-size", "64mb", "--client-output-buffer-limit", "replica 256mb 0 0"]
+        assert shared["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "3072Mi"
+
+
+def test_the_shipped_shared_replicas_are_what_make_size_says_for_the_stated_default():
+    s = size.size(**DEFAULT)
+    for path, kind, want in [("overlays/relay/relay.yaml", "relay", s["master_memory"]),
+                             ("overlays/node-local/node-replica.yaml", "node", s["replica_memory"])]:  # fmt: skip
+        workload = yaml.safe_load((REPO / "deploy" / path).read_text())
+        resources = workload["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert resources["limits"]["memory"] == resources["requests"]["memory"] == size.mebibytes(want), kind
+    relay_conf = conf("redis-relay/redis-relay.conf")
+    assert relay_conf["repl-backlog-size"] == size.redis_bytes(s["backlog"])
+    assert relay_conf["client-output-buffer-limit"] == f"replica {size.redis_bytes(s['output_buffer'])} 0 0"

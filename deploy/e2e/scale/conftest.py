@@ -58,11 +58,16 @@ def sizing():
             str(component),
         ]
     )
-    return {
-        "figures": figures,
-        "sidecar": render_dir("sidecar", "overlays/sidecar", component),
-        "master": render_dir("master", "master", component),
-    }
+    renders = {"figures": figures, "master": render_dir("master", "master", component)}
+    # Each topology with the component make size TOPOLOGY=... writes for it.
+    for topology in size.TOPOLOGIES:
+        path = component if topology == "sidecar" else OUT / f"size-{topology}"
+        if topology != "sidecar":
+            for name, doc in size.component(figures, topology).items():
+                path.mkdir(parents=True, exist_ok=True)
+                (path / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+        renders[topology] = render_dir(topology, f"overlays/{topology}", path)
+    return renders
 
 
 def seed(client, megabytes):
@@ -100,7 +105,8 @@ REPORT = {}
 
 
 def pytest_sessionfinish(session):
-    if not kit.RESULTS:
+    # make compare-topologies writes a report of its own (test_topologies.py).
+    if not kit.RESULTS or "compare" in REPORT:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     figures = size.size(DATASET_MB * 2**20, PODS, EGRESS_MBPS, 0.2)
