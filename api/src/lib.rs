@@ -13,6 +13,7 @@
 //! - [`error`]: every failure mapped to an HTTP status and a stable JSON body.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
