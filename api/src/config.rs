@@ -452,11 +452,22 @@ mod tests {
 
     #[test]
     fn the_cache_turns_off_with_zero_and_bounds_its_values() {
-        assert_eq!(settings(&[("CACHE_MAX_BYTES", "0")]).unwrap().cache_max_bytes, 0);
-        let s = settings(&[("CACHE_MAX_BYTES", "0"), ("CACHE_MAX_VALUE_BYTES", "1048576")]);
+        assert_eq!(
+            settings(&[("CACHE_MAX_BYTES", "0")])
+                .unwrap()
+                .cache_max_bytes,
+            0
+        );
+        let s = settings(&[
+            ("CACHE_MAX_BYTES", "0"),
+            ("CACHE_MAX_VALUE_BYTES", "1048576"),
+        ]);
         assert!(s.is_ok(), "no bound between the two while the cache is off");
-        let err = settings(&[("CACHE_MAX_BYTES", "1048576"), ("CACHE_MAX_VALUE_BYTES", "1048576")])
-            .unwrap_err();
+        let err = settings(&[
+            ("CACHE_MAX_BYTES", "1048576"),
+            ("CACHE_MAX_VALUE_BYTES", "1048576"),
+        ])
+        .unwrap_err();
         assert_eq!(err.variable, "CACHE_MAX_VALUE_BYTES");
     }
 

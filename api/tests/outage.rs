@@ -15,6 +15,11 @@ async fn redis_down_is_a_fast_503_and_its_return_is_noticed() {
     assert_eq!(app.get_json("/v1/keys/k").await.0, 200);
 
     redis.kill();
+    // The value cache answers until its tracking connection sees the close.
+    wait_for("the first 503", Duration::from_secs(5), || async {
+        (app.get("/v1/keys/k").await.status() == 503).then_some(())
+    })
+    .await;
     for _ in 0..5 {
         let started = Instant::now();
         let response = app.get("/v1/keys/k").await;

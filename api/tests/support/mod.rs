@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod topology;
+
 use std::{
     future::Future,
     net::{SocketAddr, TcpListener},
