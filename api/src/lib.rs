@@ -7,6 +7,8 @@
 //!   with HTTP caching (ETag, 304) and request ids.
 //! - [`store`]: the Redis side of a request: connection pool, timeouts, size
 //!   limits checked inside Redis, error kinds.
+//! - [`cache`]: answers kept in memory, shared by the workers, dropped when
+//!   Redis reports their key changed ([`cache::tracking`]).
 //! - [`replica`]: the background poll of `INFO` that decides readiness.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own listener.
 //! - [`metrics`] and [`telemetry`]: Prometheus names and the tracing subscriber.
