@@ -9,6 +9,9 @@
 #   3. webdis on the same replica, GET /GET/known-key
 #   4. an HTTP ceiling: nginx `return 200` with the same body
 #   5. redis-benchmark GET on the same replica
+#   6. the API with its value cache on (the rows above run with it off, so
+#      that they and the costs measure the read path through Redis): the same
+#      hot key, and a Zipf keyspace larger than the cache, with its hit ratio
 # plus a rate ladder (success and p99 against offered rate) for central and
 # sidecar, and what a request costs in CPU (for loadtest/model).
 #
@@ -35,7 +38,11 @@ ROUNDS=${ROUNDS:-$([[ -n ${BENCH_QUICK:-} ]] && echo 1 || echo 3)}
 export STATE_DIR="$out/topology" MASTER_PORT=26380 STUNNEL_PORT=26390 REPLICA_PORT=26379
 export API_ADDR=127.0.0.1:28080 API_ADMIN_ADDR=127.0.0.1:29090 SUT_CPUS
 export WORKERS=${WORKERS:-1} LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
-webdis_port=27379 nginx_port=28081
+# The topology's API reads through to Redis (its rows and costs measure that
+# path, and feed loadtest/model); the cache gets API processes of its own.
+export CACHE_MAX_BYTES=0
+webdis_port=27379 nginx_port=28081 cached_port=28082 cached_admin_port=29091
+zipf_port=28083 zipf_admin_port=29092
 topology="$repo/scripts/local-topology.sh"
 api_url="http://$API_ADDR/v1/keys/known-key"
 points="$out/points.jsonl"
@@ -73,10 +80,12 @@ topology_up() {
 }
 
 # Runs wrk as fast as it goes against URL; records the result as NAME, with the
-# peak resident memory of RSS_PID when given. (wrk for the maximum: it spends
+# peak resident memory of RSS_PID when given; further arguments go to results.py
+# (--extra KEY=NUMBER). WRK_SCRIPT replaces the JSON reporting script. (wrk for the maximum: it spends
 # the least CPU per request of the generators here, so it caps the others last.)
 measure() {
     local name=$1 url=$2 rss_pid=${3:-} sampler rss=()
+    shift 3 || shift $#
     if [[ -n $rss_pid ]]; then
         rss=(--rss-samples "$out/runs/$name.rss")
         (
@@ -87,13 +96,13 @@ measure() {
         ) >"$out/runs/$name.rss" &
         sampler=$!
     fi
-    "${load[@]}" wrk -t 1 -c "$CONNECTIONS" -d "${BENCH_SECONDS}s" -s "$here/lib/wrk-json.lua" \
+    "${load[@]}" wrk -t 1 -c "$CONNECTIONS" -d "${BENCH_SECONDS}s" -s "${WRK_SCRIPT:-$here/lib/wrk-json.lua}" \
         "$url" >"$out/runs/$name.json"
     if [[ -n $rss_pid ]]; then
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
     fi
-    results wrk "$out/runs/$name.json" --label "$name" "${rss[@]}" | tee -a "$points" >&2
+    results wrk "$out/runs/$name.json" --label "$name" "${rss[@]}" "$@" | tee -a "$points" >&2
 }
 
 # A rate ladder of LABEL against URL at the given absolute rates, with oha, the
@@ -123,6 +132,19 @@ start_webdis() {
     wait_http "http://127.0.0.1:$webdis_port/GET/known-key"
 }
 
+# Another API process on the same replica, pinned like the others, with its
+# value cache of CACHE_BYTES: NAME PORT ADMIN_PORT CACHE_BYTES [VALUE_BYTES].
+start_cached_api() {
+    local name=$1 port=$2 admin=$3 password
+    password=$(. "$STATE_DIR/passwords.env" && echo "$REPLICA_PASSWORD")
+    REDIS_URL="redis://:$password@127.0.0.1:$REPLICA_PORT" LISTEN_ADDR="127.0.0.1:$port" \
+        ADMIN_ADDR="127.0.0.1:$admin" CACHE_MAX_BYTES=$4 CACHE_MAX_VALUE_BYTES=${5:-65536} \
+        "${sut[@]}" "$repo/target/release/read-api" 2>"$out/services/$name.log" &
+    echo $! >"$out/services/$name.pid"
+    wait_http "http://127.0.0.1:$admin/readyz"
+    until curl -fs "http://127.0.0.1:$admin/metrics" | grep -qx 'read_api_cache_tracking_up 1'; do sleep 0.1; done
+}
+
 start_nginx() {
     local dir="$out/services/nginx"
     mkdir -p "$dir"
@@ -139,12 +161,13 @@ sidecar_rounds() {
     local round api replica
     api=$(pid_of api) replica=$(pid_of replica)
     for round in $(seq "$ROUNDS"); do
-        say "round $round of $ROUNDS: api, webdis, nginx"
+        say "round $round of $ROUNDS: api, api with its cache, webdis, nginx"
         bench_py mark "$cpu" api-sidecar-tcp api "$api"
         bench_py mark "$cpu" api-sidecar-tcp replica "$replica"
         measure api-sidecar-tcp "$api_url" "$api"
         bench_py mark "$cpu" api-sidecar-tcp api "$api"
         bench_py mark "$cpu" api-sidecar-tcp replica "$replica"
+        measure api-cache-hot "http://127.0.0.1:$cached_port/v1/keys/known-key" "$(<"$out/services/api-cached.pid")"
         measure webdis "http://127.0.0.1:$webdis_port/GET/known-key" "$(<"$out/services/webdis.pid")"
         measure nginx-ceiling "http://127.0.0.1:$nginx_port/"
     done
@@ -158,6 +181,21 @@ redis_benchmark() {
         -a "$password" -c "$CONNECTIONS" -n "$((BENCH_SECONDS * 60000))" --csv GET known-key 2>/dev/null \
         >"$out/runs/redis-benchmark.csv"
     results redis-benchmark "$out/runs/redis-benchmark.csv" --label redis-benchmark | tee -a "$points" >&2
+}
+
+# The cache under a Zipf load over the keys replication_cost seeded, with a
+# cache that holds about a tenth of them; the hit ratio from its own metrics.
+zipf() {
+    local keys=$1 metrics="http://127.0.0.1:$zipf_admin_port/metrics"
+    say "API with its cache: Zipf over $keys keys, a cache for about a tenth of them"
+    # About 420 bytes an entry, as the cache accounts them, for 100-byte values.
+    start_cached_api api-zipf "$zipf_port" "$zipf_admin_port" "$((keys * 42))" 1024
+    curl -fs "$metrics" >"$out/runs/api-cache-zipf.before"
+    WRK_SCRIPT="$here/lib/wrk-zipf.lua" WRK_JSON="$here/lib/wrk-json.lua" ZIPF_KEYS=$keys \
+        measure api-cache-zipf "http://127.0.0.1:$zipf_port" "$(<"$out/services/api-zipf.pid")"
+    curl -fs "$metrics" >"$out/runs/api-cache-zipf.after"
+    bench_py cache-run "$out/zipf.json" "$out/runs/api-cache-zipf.before" "$out/runs/api-cache-zipf.after" \
+        keys="$keys" cache_bytes="$((keys * 42))"
 }
 
 replication_cost() {
@@ -196,10 +234,12 @@ main() {
     say "sidecar topology, API over loopback TCP; webdis on the same replica; nginx"
     TOPOLOGY=sidecar API_REDIS=tcp topology_up
     start_webdis
+    start_cached_api api-cached "$cached_port" "$cached_admin_port" 16777216
     start_nginx
     sidecar_rounds
     redis_benchmark
     replication_cost
+    zipf "$((BENCH_SECONDS * 5000))"
     rates=$(bench_py ladder-rates "$points" api-sidecar-tcp "$LADDER")
     say "rate ladder, sidecar: $rates"
     ladder sidecar "$api_url" "$rates"

@@ -4,11 +4,14 @@
 use actix_web::{http::header::ContentType, web, HttpResponse};
 use serde_json::json;
 
-use crate::{metrics::Metrics, replica::Readiness};
+use std::sync::Arc;
+
+use crate::{cache::ValueCache, metrics::Metrics, replica::Readiness};
 
 pub struct AdminState {
     pub readiness: Readiness,
     pub metrics: Metrics,
+    pub cache: Option<Arc<ValueCache>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, state: AdminState) {
@@ -39,6 +42,9 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(cache) = &state.cache {
+        cache.publish();
+    }
     HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"

@@ -110,6 +110,11 @@ pub struct Settings {
     /// stops being ready. `None`: stale reads are always preferred to no reads.
     pub ready_max_link_down: Option<Duration>,
     pub replica_poll: Duration,
+    /// Memory for the value cache (its own accounting, entries' overhead
+    /// included); 0 turns the cache off.
+    pub cache_max_bytes: usize,
+    /// Values longer than this are read from Redis every time.
+    pub cache_max_value_bytes: usize,
 }
 
 /// The environment as envy reads it: every variable optional and still text, so
@@ -136,6 +141,8 @@ struct RawSettings {
     heartbeat_key: Option<String>,
     ready_max_link_down_seconds: Option<String>,
     replica_poll_ms: Option<String>,
+    cache_max_bytes: Option<String>,
+    cache_max_value_bytes: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -207,7 +214,33 @@ impl Settings {
                 ))
             }
         };
+        // 16 MiB: the 128 MiB container already budgets about 100 MiB for the
+        // worst answers in flight (MAX_BATCH_RESPONSE_BYTES bodies, read
+        // buffers as large as the largest reply); 16 MiB more still fits, and
+        // holds about 60,000 answers of 100 bytes or 250 at 64 KiB.
+        let cache_max_bytes = number(
+            "CACHE_MAX_BYTES",
+            raw.cache_max_bytes,
+            0..=MAX_CACHE_BYTES,
+            DEFAULT_CACHE_MAX_BYTES,
+        )?;
+        // 64 KiB: documents of kilobytes are what repeats; a larger value
+        // would push out hundreds of small ones.
+        let cache_max_value_bytes = number(
+            "CACHE_MAX_VALUE_BYTES",
+            raw.cache_max_value_bytes,
+            1..=MAX_REDIS_STRING,
+            64 << 10,
+        )?;
+        if cache_max_bytes > 0 && cache_max_value_bytes > cache_max_bytes / 16 {
+            return Err(ConfigError::new(
+                "CACHE_MAX_VALUE_BYTES",
+                format!("must be at most CACHE_MAX_BYTES / 16 ({}), so that the cache holds more than a handful of its largest values; got {cache_max_value_bytes}", cache_max_bytes / 16),
+            ));
+        }
         Ok(Self {
+            cache_max_bytes,
+            cache_max_value_bytes,
             redis,
             redis_ca_file,
             redis_pool_size: number("REDIS_POOL_SIZE", raw.redis_pool_size, 1..=256, 1)?,
@@ -277,6 +310,9 @@ impl Settings {
 
 /// Redis strings end at 512 MiB.
 const MAX_REDIS_STRING: usize = 512 << 20;
+pub const DEFAULT_CACHE_MAX_BYTES: usize = 16 << 20;
+/// 64 GiB: beyond any container this API runs in.
+const MAX_CACHE_BYTES: usize = 64 << 30;
 
 fn cache_control(value: Option<String>) -> Result<Option<String>, ConfigError> {
     let value = match value {
@@ -457,6 +493,29 @@ mod tests {
         assert_eq!(s.max_batch_response_bytes, 8_388_608);
         assert_eq!(s.cache_control.as_deref(), Some("no-cache"));
         assert_eq!(s.heartbeat_key.as_deref(), Some("read-api:heartbeat"));
+        assert_eq!(s.cache_max_bytes, 16 << 20);
+        assert_eq!(s.cache_max_value_bytes, 64 << 10);
+    }
+
+    #[test]
+    fn the_cache_turns_off_with_zero_and_bounds_its_values() {
+        assert_eq!(
+            settings(&[("CACHE_MAX_BYTES", "0")])
+                .unwrap()
+                .cache_max_bytes,
+            0
+        );
+        let s = settings(&[
+            ("CACHE_MAX_BYTES", "0"),
+            ("CACHE_MAX_VALUE_BYTES", "1048576"),
+        ]);
+        assert!(s.is_ok(), "no bound between the two while the cache is off");
+        let err = settings(&[
+            ("CACHE_MAX_BYTES", "1048576"),
+            ("CACHE_MAX_VALUE_BYTES", "1048576"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "CACHE_MAX_VALUE_BYTES");
     }
 
     #[test]
@@ -493,6 +552,9 @@ mod tests {
             ("MAX_BATCH_RESPONSE_BYTES", "1MiB"),
             ("CACHE_CONTROL", "max-age=5\r\nX-Evil: 1"),
             ("CACHE_CONTROL", "no cache"),
+            ("CACHE_MAX_BYTES", "-1"),
+            ("CACHE_MAX_BYTES", "16MiB"),
+            ("CACHE_MAX_VALUE_BYTES", "0"),
         ];
         for (variable, value) in cases {
             let err = settings(&[(variable, value)]).expect_err(variable);

@@ -7,12 +7,15 @@
 //!   with HTTP caching (ETag, 304) and request ids.
 //! - [`store`]: the Redis side of a request: connection pool, timeouts, size
 //!   limits checked inside Redis, error kinds.
+//! - [`cache`]: answers kept in memory, shared by the workers, dropped when
+//!   Redis reports their key changed ([`cache::tracking`]).
 //! - [`replica`]: the background poll of `INFO` that decides readiness.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own listener.
 //! - [`metrics`] and [`telemetry`]: Prometheus names and the tracing subscriber.
 //! - [`error`]: every failure mapped to an HTTP status and a stable JSON body.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -28,6 +28,15 @@ pub const REPLICA_SYNC_IN_PROGRESS: &str = "read_api_replica_sync_in_progress";
 pub const REPLICA_OFFSET_BYTES: &str = "read_api_replica_offset_bytes";
 pub const REPLICA_HEARTBEAT_AGE_SECONDS: &str = "read_api_replica_heartbeat_age_seconds";
 pub const BUILD_INFO: &str = "read_api_build_info";
+pub const CACHE_HITS_TOTAL: &str = "read_api_cache_hits_total";
+pub const CACHE_MISSES_TOTAL: &str = "read_api_cache_misses_total";
+pub const CACHE_INVALIDATIONS_TOTAL: &str = "read_api_cache_invalidations_total";
+pub const CACHE_EVICTIONS_TOTAL: &str = "read_api_cache_evictions_total";
+pub const CACHE_FILLS_DISCARDED_TOTAL: &str = "read_api_cache_fills_discarded_total";
+pub const CACHE_FLUSHES_TOTAL: &str = "read_api_cache_flushes_total";
+pub const CACHE_ENTRIES: &str = "read_api_cache_entries";
+pub const CACHE_BYTES: &str = "read_api_cache_bytes";
+pub const CACHE_TRACKING_UP: &str = "read_api_cache_tracking_up";
 
 /// 50 µs to 1 s: a local replica answers in tens of microseconds, a remote
 /// master over TLS in milliseconds, and anything near a second is an outage.
@@ -55,7 +64,38 @@ pub struct Metrics {
     pub replica_sync_in_progress: IntGauge,
     pub replica_offset_bytes: IntGauge,
     pub replica_heartbeat_age_seconds: Gauge,
+    pub cache: CacheMetrics,
 }
+
+/// The value cache's counters and gauges (see `cache`).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub invalidations: IntCounter,
+    pub evictions: IntCounter,
+    pub fills_discarded: IntCounter,
+    flushes: IntCounterVec,
+    pub entries: IntGauge,
+    pub bytes: IntGauge,
+    pub tracking_up: IntGauge,
+}
+
+impl CacheMetrics {
+    /// Why the whole cache was dropped: one of `FLUSH_REASONS`.
+    pub fn flushed(&self, reason: &str) {
+        self.flushes.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Why the cache may be dropped whole; each is exported from the start at 0.
+pub const FLUSH_REASONS: [&str; 5] = [
+    "tracking_down",
+    "tracking_up",
+    "redis_flush",
+    "invalidations_lost",
+    "resync",
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -87,7 +127,49 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let flushes = IntCounterVec::new(
+            Opts::new(
+                CACHE_FLUSHES_TOTAL,
+                "Times the whole value cache was dropped, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in FLUSH_REASONS {
+            flushes.with_label_values(&[reason]);
+        }
+        let cache = CacheMetrics {
+            hits: counter(CACHE_HITS_TOTAL, "Reads answered from the value cache."),
+            misses: counter(
+                CACHE_MISSES_TOTAL,
+                "Reads of keys not in the value cache, while it was serving.",
+            ),
+            invalidations: counter(
+                CACHE_INVALIDATIONS_TOTAL,
+                "Keys Redis reported as changed, through the tracking connection.",
+            ),
+            evictions: counter(
+                CACHE_EVICTIONS_TOTAL,
+                "Entries pushed out of the value cache to stay within CACHE_MAX_BYTES.",
+            ),
+            fills_discarded: counter(
+                CACHE_FILLS_DISCARDED_TOTAL,
+                "Values read from Redis but not kept: the key changed, or the cache was dropped, while the read was in flight.",
+            ),
+            flushes,
+            entries: gauge(CACHE_ENTRIES, "Entries in the value cache."),
+            bytes: gauge(
+                CACHE_BYTES,
+                "Bytes the value cache accounts for (keys, values, answer bodies and a fixed overhead per entry).",
+            ),
+            tracking_up: gauge(
+                CACHE_TRACKING_UP,
+                "1 while the tracking connection receives invalidations and the value cache serves; 0 while it is bypassed.",
+            ),
+        };
         let metrics = Self {
+            cache,
             http_requests,
             http_duration,
             redis_errors,
@@ -138,6 +220,15 @@ impl Metrics {
             Box::new(metrics.replica_sync_in_progress.clone()),
             Box::new(metrics.replica_offset_bytes.clone()),
             Box::new(metrics.replica_heartbeat_age_seconds.clone()),
+            Box::new(metrics.cache.hits.clone()),
+            Box::new(metrics.cache.misses.clone()),
+            Box::new(metrics.cache.invalidations.clone()),
+            Box::new(metrics.cache.evictions.clone()),
+            Box::new(metrics.cache.fills_discarded.clone()),
+            Box::new(metrics.cache.flushes.clone()),
+            Box::new(metrics.cache.entries.clone()),
+            Box::new(metrics.cache.bytes.clone()),
+            Box::new(metrics.cache.tracking_up.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

@@ -15,7 +15,7 @@ use std::{
 
 use tokio::time::MissedTickBehavior;
 
-use crate::{metrics::Metrics, store::Store};
+use crate::{cache::ValueCache, metrics::Metrics, store::Store};
 
 /// What one `INFO` poll says about the Redis the API reads.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,6 +29,10 @@ pub struct RedisStatus {
     pub last_io_seconds: Option<f64>,
     pub link_down_seconds: Option<f64>,
     pub offset: i64,
+    /// The replication id this Redis follows (or, for a master, its own).
+    pub master_replid: String,
+    /// A diskless load into a second data set, swapped in at its end.
+    pub async_loading: bool,
 }
 
 impl RedisStatus {
@@ -44,6 +48,8 @@ impl RedisStatus {
                 // `async_loading` is a replica loading a diskless sync in the
                 // background while still serving the old data set: not a gap.
                 "loading" => status.loading = value == "1",
+                "async_loading" => status.async_loading = value == "1",
+                "master_replid" => status.master_replid = value.to_owned(),
                 "master_last_io_seconds_ago" => {
                     status.last_io_seconds = value.parse().ok().filter(|s: &f64| *s >= 0.0)
                 }
@@ -58,6 +64,20 @@ impl RedisStatus {
             }
         }
         status
+    }
+
+    /// What changes when the data set may have been replaced: a restart, a new
+    /// replication history, the link's state, a sync or a load. The value
+    /// cache is dropped when it changes (see [`monitor`]).
+    fn data_set_fingerprint(&self) -> (&str, &str, bool, bool, bool, bool) {
+        (
+            &self.run_id,
+            &self.master_replid,
+            self.link_up,
+            self.sync_in_progress,
+            self.loading,
+            self.async_loading,
+        )
     }
 
     /// A full, finished sync: the link is up and no transfer or load is under way.
@@ -253,7 +273,9 @@ pub async fn monitor(
     readiness: Readiness,
     metrics: Metrics,
     settings: MonitorSettings,
+    cache: Option<Arc<ValueCache>>,
 ) {
+    let mut previous: Option<RedisStatus> = None;
     let mut rules = ReadinessRules::new(settings.max_link_down);
     let mut link = LinkClock::new(Instant::now());
     let mut last_verdict = Err(NotReady::Starting);
@@ -283,6 +305,20 @@ pub async fn monitor(
             _ => -1.0,
         };
         metrics.replica_heartbeat_age_seconds.set(heartbeat);
+        // A full resync replaces the replica's data. Redis reports that to
+        // the tracking connection as a flush; this is the second line, for
+        // what it may not report (a diskless load swapped in whole). A link
+        // that went down and came back may have resynced between two polls,
+        // so that counts too: a few misses are the whole cost.
+        if let Some(status) = &poll {
+            let changed = previous
+                .as_ref()
+                .is_some_and(|p| p.data_set_fingerprint() != status.data_set_fingerprint());
+            if let (true, Some(cache)) = (changed, &cache) {
+                cache.flush("resync");
+            }
+            previous = Some(status.clone());
+        }
         let verdict = rules.evaluate(poll.as_ref());
         record(&metrics, poll.as_ref(), rules.has_synced(), verdict.is_ok());
         if verdict != last_verdict {

@@ -1,6 +1,6 @@
 //! Builds the two servers from [`Settings`], runs them, and drains them on shutdown.
 
-use std::{future::Future, io, net::SocketAddr, net::TcpListener, time::Duration};
+use std::{future::Future, io, net::SocketAddr, net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{
     body::MessageBody,
@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     admin::{self, AdminState},
+    cache::{self, ValueCache},
     config::{ConfigError, Settings},
     metrics::Metrics,
     replica::{self, MonitorSettings, Readiness},
@@ -40,6 +41,7 @@ pub struct Application {
     admin_addr: SocketAddr,
     readiness: Readiness,
     monitor: JoinHandle<()>,
+    tracking: Option<JoinHandle<()>>,
     shutdown_delay: Duration,
     shutdown_grace: Duration,
 }
@@ -51,6 +53,14 @@ impl Application {
         let metrics = Metrics::new();
         let store_config = StoreConfig::new(settings, metrics.clone())?;
         let readiness = Readiness::default();
+        let value_cache = (settings.cache_max_bytes > 0).then(|| {
+            Arc::new(ValueCache::new(
+                settings.cache_max_bytes,
+                settings.cache_max_value_bytes,
+                &settings.key_prefix,
+                metrics.cache.clone(),
+            ))
+        });
 
         let public_listener = bind("LISTEN_ADDR", settings.listen_addr)?;
         let admin_listener = bind("ADMIN_ADDR", settings.admin_addr)?;
@@ -72,12 +82,14 @@ impl Application {
             let metrics = metrics.clone();
             let store_config = store_config.clone();
             let readiness = readiness.clone();
+            let value_cache = value_cache.clone();
             HttpServer::new(move || {
                 // Runs once per worker, on the worker's thread: see StoreConfig::connect.
                 let state = PublicState {
                     store: store_config.connect(),
                     limits,
                     cache_control: cache_control.clone(),
+                    cache: value_cache.clone(),
                 };
                 let readiness = readiness.clone();
                 App::new()
@@ -97,10 +109,12 @@ impl Application {
         let admin = {
             let readiness = readiness.clone();
             let metrics = metrics.clone();
+            let value_cache = value_cache.clone();
             HttpServer::new(move || {
                 let state = AdminState {
                     readiness: readiness.clone(),
                     metrics: metrics.clone(),
+                    cache: value_cache.clone(),
                 };
                 App::new()
                     .wrap(from_fn(routes::request_id))
@@ -122,7 +136,15 @@ impl Application {
                 max_link_down: settings.ready_max_link_down,
                 heartbeat_key: settings.heartbeat_key.clone(),
             },
+            value_cache.clone(),
         ));
+        let tracking = value_cache.map(|value_cache| {
+            tokio::spawn(cache::tracking::run(
+                store_config.clone(),
+                value_cache,
+                settings.key_prefix.clone(),
+            ))
+        });
         Ok(Self {
             public,
             admin,
@@ -130,6 +152,7 @@ impl Application {
             admin_addr,
             readiness,
             monitor,
+            tracking,
             shutdown_delay: settings.shutdown_delay,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -155,7 +178,7 @@ impl Application {
         tokio::select! {
             () = shutdown => {}
             finished = &mut public => {
-                self.monitor.abort();
+                stop_background(&self.monitor, self.tracking.as_ref());
                 return finished.map_err(io::Error::other)?;
             }
         }
@@ -171,18 +194,25 @@ impl Application {
         tokio::select! {
             () = tokio::time::sleep(self.shutdown_delay) => {}
             finished = &mut public => {
-                self.monitor.abort();
+                stop_background(&self.monitor, self.tracking.as_ref());
                 return finished.map_err(io::Error::other)?;
             }
         }
         tracing::info!("no longer accepting connections; draining");
         public_handle.stop(true).await;
         admin_handle.stop(true).await;
-        self.monitor.abort();
+        stop_background(&self.monitor, self.tracking.as_ref());
         public.await.map_err(io::Error::other)??;
         admin.await.map_err(io::Error::other)??;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+fn stop_background(monitor: &JoinHandle<()>, tracking: Option<&JoinHandle<()>>) {
+    monitor.abort();
+    if let Some(tracking) = tracking {
+        tracking.abort();
     }
 }
 

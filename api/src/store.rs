@@ -163,6 +163,35 @@ impl StoreConfig {
         self.connect_with(self.pool_size)
     }
 
+    /// A client for the tracking connection of the value cache: RESP2 (see
+    /// `cache::tracking` for why), no reconnection of its own (the caller
+    /// must notice every disconnection, to drop the cache), commands that
+    /// fail at once while disconnected, and room for bursts of invalidations.
+    pub fn tracking_client(&self) -> Client {
+        let timeout = self.timeout;
+        let mut config = self.redis.clone();
+        config.fail_fast = true;
+        config.version = fred::types::RespVersion::RESP2;
+        Builder::from_config(config)
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = timeout;
+                perf.broadcast_channel_capacity = 4096;
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = timeout.max(Duration::from_secs(1));
+                conn.internal_command_timeout = timeout.max(Duration::from_secs(1));
+                conn.max_command_attempts = 1;
+                conn.tcp.nodelay = Some(true);
+            })
+            .build()
+            .expect("the redis config was validated by StoreConfig::new")
+    }
+
+    /// The configured wait for Redis.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Like [`connect`](Self::connect), with a pool of the given size.
     pub fn connect_with(&self, pool_size: usize) -> Store {
         let timeout = self.timeout;
@@ -254,8 +283,20 @@ impl Store {
     /// Many values in one atomic read, in request order; `None` where a key is
     /// missing or holds a non-string value (as `MGET` answers).
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<StringValue>>, StoreError> {
+        self.get_many_within(keys, self.limits.max_batch_bytes)
+            .await
+    }
+
+    /// Like [`get_many`](Self::get_many), with the values adding up to at most
+    /// `budget` bytes (what the cache's share of the batch leaves).
+    pub async fn get_many_within(
+        &self,
+        keys: &[String],
+        budget: usize,
+    ) -> Result<Vec<Option<StringValue>>, StoreError> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.read_script(&keys, false, self.timeout).await
+        self.read_script_within(&keys, false, self.timeout, budget)
+            .await
     }
 
     async fn read_script(
@@ -263,6 +304,17 @@ impl Store {
         keys: &[&str],
         strict: bool,
         timeout: Duration,
+    ) -> Result<Vec<Option<StringValue>>, StoreError> {
+        self.read_script_within(keys, strict, timeout, self.limits.max_batch_bytes)
+            .await
+    }
+
+    async fn read_script_within(
+        &self,
+        keys: &[&str],
+        strict: bool,
+        timeout: Duration,
+        budget: usize,
     ) -> Result<Vec<Option<StringValue>>, StoreError> {
         let args = |script: RedisValue| {
             let mut args = Vec::with_capacity(keys.len() + 5);
@@ -273,7 +325,7 @@ impl Store {
                     .map(|k| RedisValue::Bytes(self.key(k).into_bytes())),
             );
             args.push(RedisValue::Integer(self.limits.max_value_bytes as i64));
-            args.push(RedisValue::Integer(self.limits.max_batch_bytes as i64));
+            args.push(RedisValue::Integer(budget as i64));
             args.push(RedisValue::from(if strict { "1" } else { "0" }));
             args
         };

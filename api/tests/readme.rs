@@ -79,6 +79,8 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
             .ready_max_link_down
             .map_or_else(|| "unset".to_owned(), seconds),
         "REPLICA_POLL_MS" => millis(settings.replica_poll),
+        "CACHE_MAX_BYTES" => settings.cache_max_bytes.to_string(),
+        "CACHE_MAX_VALUE_BYTES" => settings.cache_max_value_bytes.to_string(),
         other => panic!("README.md documents {other}, which this test does not know: add it here"),
     }
 }

@@ -8,6 +8,9 @@ bench.py mark CPU_FILE PHASE PROCESS PID [UNITS]
                                             (default: the requests of PHASE in points.jsonl)
 bench.py ladder-rates POINTS LABEL FACTORS  offered rates: FACTORS (0.25,0.5,...) times LABEL's median max
 bench.py costs BENCH_DIR KEY=VALUE...       costs.json: CPU µs per operation from the marks and points
+bench.py cache-run OUT BEFORE AFTER KEY=VALUE...
+                                            OUT: the KEY=VALUEs and the value cache's hits, misses
+                                            and hit ratio between two /metrics texts of the API
 """
 
 import json
@@ -110,6 +113,25 @@ def costs(bench, fields):
     (bench / "costs.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def metric(text, name):
+    for line in text.splitlines():
+        field, _, value = line.partition(" ")
+        if field == name:
+            return float(value)
+    raise SystemExit(f"bench.py: no metric {name} in the API's /metrics")
+
+
+def cache_run(out, before, after, fields):
+    before, after = Path(before).read_text(), Path(after).read_text()
+    result = {k: json.loads(v) for k, v in pairs(fields).items()}
+    for name in ("hits", "misses", "evictions"):
+        full = f"read_api_cache_{name}_total"
+        result[name] = metric(after, full) - metric(before, full)
+    looked_up = result["hits"] + result["misses"]
+    result["hit_ratio"] = round(result["hits"] / looked_up, 4) if looked_up else None
+    Path(out).write_text(json.dumps(result) + "\n")
+
+
 def main(argv):
     if not argv:
         raise SystemExit(__doc__)
@@ -122,6 +144,8 @@ def main(argv):
         print(ladder_rates(jsonl(args[0]), args[1], args[2]))
     elif command == "costs":
         costs(args[0], args[1:])
+    elif command == "cache-run":
+        cache_run(args[0], args[1], args[2], args[3:])
     else:
         raise SystemExit(__doc__)
 

@@ -13,11 +13,13 @@ NAMES = {
     "api-sidecar-tcp": "API, sidecar: local replica over loopback TCP",
     "api-sidecar-unix": "API, sidecar: local replica over a unix socket",
     "api-central-tls": "API, central: master over TLS",
+    "api-cache-hot": "API with its value cache, sidecar: the same hot key",
+    "api-cache-zipf": "API with its value cache: Zipf keyspace larger than the cache",
     "webdis": "webdis on the same replica",
     "nginx-ceiling": "HTTP ceiling: nginx `return 200`",
     "redis-benchmark": "redis-benchmark GET on the same replica (no HTTP)",
 }
-TARGETS = {"api_vs_webdis": 1.2, "p99_half_max_ms": 1.0, "rss_mb": 30.0}
+TARGETS = {"api_vs_webdis": 1.2, "cache_vs_webdis": 2.0, "p99_half_max_ms": 1.0, "rss_mb": 30.0}
 
 
 def jsonl(path):
@@ -78,6 +80,9 @@ def main(bench):
         return points[a]["throughput"] / points[b]["throughput"] if a in points and b in points else float("nan")
 
     api_webdis = ratio("api-sidecar-tcp", "webdis")
+    cache_webdis = ratio("api-cache-hot", "webdis")
+    zipf_path = bench / "zipf.json"
+    zipf = json.loads(zipf_path.read_text()) if zipf_path.exists() else None
     unix_tcp = ratio("api-sidecar-unix", "api-sidecar-tcp")
     sidecar = ladders.get("sidecar", [])
     # The ladder step nearest half the maximum, labelled with its real fraction.
@@ -106,6 +111,10 @@ def main(bench):
         f"| API sidecar TCP / webdis | {api_webdis:.2f} "
         f"| ≥ {TARGETS['api_vs_webdis']} ({verdict(api_webdis >= TARGETS['api_vs_webdis'])}) |",
         f"| API sidecar unix / TCP | {unix_tcp:.2f} | > 1 ({verdict(unix_tcp > 1)}) |",
+        f"| API with cache, hot key / webdis | {cache_webdis:.2f} "
+        f"| ≥ {TARGETS['cache_vs_webdis']} ({verdict(cache_webdis >= TARGETS['cache_vs_webdis'])}) |",
+        f"| API with cache, hot key / HTTP ceiling | {ratio('api-cache-hot', 'nginx-ceiling'):.2f} | |",
+        f"| API with cache, hot key / without | {ratio('api-cache-hot', 'api-sidecar-tcp'):.2f} | |",
         f"| API sidecar TCP / HTTP ceiling | {ratio('api-sidecar-tcp', 'nginx-ceiling'):.2f} | |",
         f"| API sidecar TCP / central TLS | {ratio('api-sidecar-tcp', 'api-central-tls'):.2f} | |",
     ]
@@ -125,6 +134,11 @@ def main(bench):
         f"| API peak resident memory under load | {rss_mb:.1f} MB "
         f"| < {TARGETS['rss_mb']:.0f} MB ({verdict(rss_mb < TARGETS['rss_mb'])}) |"
     )
+    if zipf:
+        lines.append(
+            f"| Zipf over {zipf['keys']} keys, cache of {zipf['cache_bytes'] / 2**20:.1f} MiB: hit ratio "
+            f"| {zipf['hit_ratio']} | ({zipf['evictions']:.0f} evictions) |"
+        )
     lines += [
         "",
         "Rate ladder (the same offered rates for both topologies; plot: `target/bench/ladder.svg`):",

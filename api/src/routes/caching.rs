@@ -48,6 +48,11 @@ fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The ETag of `body`, as a header value.
+pub fn etag_header(body: &[u8]) -> HeaderValue {
+    HeaderValue::from_str(&etag_of(body)).expect("quoted hex digits are a valid header value")
+}
+
 /// 200 with the body, or 304 without it when the client already has it.
 /// Both carry the ETag and `Cache-Control`, as RFC 9110 asks of a 304.
 pub fn respond(
@@ -55,8 +60,21 @@ pub fn respond(
     body: Vec<u8>,
     cache_control: Option<&HeaderValue>,
 ) -> HttpResponse {
-    let etag = etag_of(&body);
-    let not_modified = if_none_match_matches(req.headers().get_all(header::IF_NONE_MATCH), &etag);
+    let etag = etag_header(&body);
+    respond_tagged(req, Bytes::from(body), etag, cache_control)
+}
+
+/// [`respond`] with the tag already computed (a cached answer carries its own).
+pub fn respond_tagged(
+    req: &HttpRequest,
+    body: Bytes,
+    etag: HeaderValue,
+    cache_control: Option<&HeaderValue>,
+) -> HttpResponse {
+    let not_modified = if_none_match_matches(
+        req.headers().get_all(header::IF_NONE_MATCH),
+        etag.to_str().unwrap_or_default(),
+    );
     let mut response = if not_modified {
         HttpResponse::NotModified()
     } else {
@@ -73,7 +91,7 @@ pub fn respond(
         if body.len() <= CHUNK {
             response.body(body)
         } else {
-            response.body(Chunks(Bytes::from(body)))
+            response.body(Chunks(body))
         }
     }
 }

@@ -4,13 +4,21 @@
 //! actix's `Path`, which decodes lossily: a key that is not UTF-8 must be
 //! refused, not silently turned into another key.
 
-use std::io;
+use std::{io, sync::Arc};
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{http::header::HeaderValue, web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use super::{caching::respond, Limits, PublicState};
-use crate::{error::ApiError, store::StringValue};
+use super::{
+    caching::{etag_header, respond, respond_tagged},
+    Limits, PublicState,
+};
+use crate::{
+    cache::{Cached, ValueCache},
+    error::ApiError,
+    store::{StoreError, StringValue},
+};
 
 #[derive(Serialize)]
 struct OneValue<'a> {
@@ -27,15 +35,57 @@ pub async fn get_one(
     // slash (%2F) stays encoded in the raw path, so the last segment is the key.
     let segment = path.rsplit_once('/').map_or(path, |(_, last)| last);
     let key = decode_key(segment, false, state.limits.max_key_bytes)?;
-    match state.store.get(&key).await? {
-        Some(value) => {
-            let value = as_text(&key, &value)?;
-            let body =
-                serde_json::to_vec(&OneValue { key: &key, value }).expect("strings always encode");
-            Ok(respond(&req, body, state.cache_control.as_ref()))
+    let ticket = match state.cache.as_deref().map(|cache| cache.lookup(&key)) {
+        Some(Ok(cached)) => return answer(&req, &state, key, &cached),
+        Some(Err(ticket)) => ticket,
+        None => None,
+    };
+    let read = match state.store.get(&key).await {
+        Ok(Some(StringValue::Text(value))) => {
+            let (body, etag) = one_body(&key, &value);
+            Cached::Text { value, body, etag }
         }
-        None => Err(ApiError::KeyNotFound(key)),
+        Ok(Some(StringValue::NotText)) => Cached::NotText,
+        Ok(None) => Cached::Missing,
+        Err(StoreError::ValueTooLarge { .. }) => Cached::TooLarge,
+        Err(e) => return Err(e.into()),
+    };
+    let read = Arc::new(read);
+    if let (Some(cache), Some(ticket)) = (&state.cache, ticket) {
+        cache.fill(&key, ticket, Arc::clone(&read));
     }
+    answer(&req, &state, key, &read)
+}
+
+/// The single-key answer for what the key holds, fresh or cached.
+fn answer(
+    req: &HttpRequest,
+    state: &PublicState,
+    key: String,
+    read: &Cached,
+) -> Result<HttpResponse, ApiError> {
+    match read {
+        Cached::Text { body, etag, .. } => Ok(respond_tagged(
+            req,
+            body.clone(),
+            etag.clone(),
+            state.cache_control.as_ref(),
+        )),
+        Cached::NotText => Err(ApiError::ValueNotUtf8(key)),
+        Cached::Missing => Err(ApiError::KeyNotFound(key)),
+        Cached::TooLarge => Err(ApiError::ValueTooLarge {
+            key,
+            max: state.store.limits().max_value_bytes,
+        }),
+    }
+}
+
+/// `{"key": …, "value": …}` and its tag: built once per read from Redis,
+/// kept with the value in the cache.
+fn one_body(key: &str, value: &str) -> (Bytes, HeaderValue) {
+    let body = serde_json::to_vec(&OneValue { key, value }).expect("strings always encode");
+    let etag = etag_header(&body);
+    (Bytes::from(body), etag)
 }
 
 /// `{"values": {"a": "…", "b": null}}`, keys in request order.
@@ -61,17 +111,26 @@ pub async fn get_batch(
     state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
     let keys = parse_batch_query(req.query_string(), state.limits)?;
-    let values = state.store.get_many(&keys).await?;
+    let max = state.store.limits().max_batch_bytes;
+    let values = match &state.cache {
+        Some(cache) => read_through(cache, &state, &keys, max).await?,
+        None => state
+            .store
+            .get_many(&keys)
+            .await?
+            .into_iter()
+            .map(|v| v.map(Found::Read))
+            .collect(),
+    };
     let mut pairs = Vec::with_capacity(keys.len());
     let mut estimate = 16;
     for (key, value) in keys.into_iter().zip(values.iter()) {
-        let text = value.as_ref().map(|v| as_text(&key, v)).transpose()?;
+        let text = value.as_ref().map(|v| v.as_text(&key)).transpose()?;
         estimate += key.len() + text.map_or(4, str::len) + 6;
         pairs.push((key, text));
     }
     // Redis checked the values add up to at most the limit; escapes can still
     // make the JSON larger, so the encoder stops at the limit too.
-    let max = state.store.limits().max_batch_bytes;
     let mut body = CappedBody::new(estimate, max);
     serde_json::to_writer(
         &mut body,
@@ -81,6 +140,91 @@ pub async fn get_batch(
     )
     .map_err(|_| ApiError::ResponseTooLarge { max })?;
     Ok(respond(&req, body.buf, state.cache_control.as_ref()))
+}
+
+/// One value of a batch, read now or found in the cache.
+enum Found {
+    Read(StringValue),
+    Cached(Arc<Cached>),
+}
+
+impl Found {
+    fn as_text<'v>(&'v self, key: &str) -> Result<&'v str, ApiError> {
+        match self {
+            Self::Read(value) => as_text(key, value),
+            Self::Cached(cached) => match cached.as_ref() {
+                Cached::Text { value, .. } => Ok(value),
+                _ => Err(ApiError::ValueNotUtf8(key.to_owned())),
+            },
+        }
+    }
+}
+
+/// The batch through the cache, key by key: hits from memory, the misses in
+/// one read of Redis (the same script, with what the hits left of the byte
+/// budget). The answer is then not one atomic read, but every value in it is
+/// one the replica held at most the push delay before the request.
+async fn read_through(
+    cache: &ValueCache,
+    state: &PublicState,
+    keys: &[String],
+    max: usize,
+) -> Result<Vec<Option<Found>>, ApiError> {
+    let mut values: Vec<Option<Found>> = Vec::with_capacity(keys.len());
+    let mut misses = Vec::new();
+    let mut used = 0usize;
+    for (i, key) in keys.iter().enumerate() {
+        match cache.lookup(key) {
+            Ok(cached) => {
+                match cached.as_ref() {
+                    Cached::Text { value, .. } => used += value.len(),
+                    Cached::TooLarge => {
+                        return Err(ApiError::ValueTooLarge {
+                            key: key.clone(),
+                            max: state.store.limits().max_value_bytes,
+                        })
+                    }
+                    Cached::NotText | Cached::Missing => {}
+                }
+                // A missing key reads as null in a batch, like MGET.
+                let missing = matches!(cached.as_ref(), Cached::Missing);
+                values.push((!missing).then_some(Found::Cached(cached)));
+            }
+            Err(ticket) => {
+                misses.push((i, ticket));
+                values.push(None);
+            }
+        }
+    }
+    if used > max {
+        return Err(ApiError::ResponseTooLarge { max });
+    }
+    if misses.is_empty() {
+        return Ok(values);
+    }
+    let missed: Vec<String> = misses.iter().map(|(i, _)| keys[*i].clone()).collect();
+    let read = state.store.get_many_within(&missed, max - used).await?;
+    for ((i, ticket), value) in misses.into_iter().zip(read) {
+        let Some(value) = value else { continue };
+        // A null here is a missing key or one of another type: only the
+        // single-key read tells them apart, so it is not kept.
+        if let Some(ticket) = ticket {
+            let cached = match &value {
+                StringValue::Text(text) => {
+                    let (body, etag) = one_body(&keys[i], text);
+                    Cached::Text {
+                        value: text.clone(),
+                        body,
+                        etag,
+                    }
+                }
+                StringValue::NotText => Cached::NotText,
+            };
+            cache.fill(&keys[i], ticket, Arc::new(cached));
+        }
+        values[i] = Some(Found::Read(value));
+    }
+    Ok(values)
 }
 
 /// A buffer that never grows past `limit`: writing more fails instead.

@@ -17,7 +17,9 @@ pub use caching::{etag_of, if_none_match_matches};
 pub use keys::{decode_key, parse_batch_query};
 pub use request_id::{request_id, RequestId};
 
-use crate::{error::ApiError, metrics::Metrics, store::Store};
+use std::sync::Arc;
+
+use crate::{cache::ValueCache, error::ApiError, metrics::Metrics, store::Store};
 
 /// Input limits from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +34,8 @@ pub struct PublicState {
     pub limits: Limits,
     /// `CACHE_CONTROL`, sent with every 200 and 304; `None`: no header.
     pub cache_control: Option<HeaderValue>,
+    /// The value cache shared by every worker; `None` when `CACHE_MAX_BYTES` is 0.
+    pub cache: Option<Arc<ValueCache>>,
 }
 
 /// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD) with request metrics on each.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod topology;
+
 use std::{
     future::Future,
     net::{SocketAddr, TcpListener},
@@ -283,6 +285,10 @@ pub struct TestApp {
 
 impl TestApp {
     /// Builds the application for `redis_url`, with extra `VAR=value` settings.
+    ///
+    /// The application runs on a runtime of its own, on its own thread, as
+    /// `main` runs it: its background tasks (the `INFO` poll, the cache's
+    /// tracking connection) must not wait while a test blocks on `redis-cli`.
     pub async fn spawn(redis_url: &str, extra: &[(&str, &str)]) -> Self {
         let mut vars = vec![
             ("REDIS_URL".to_string(), redis_url.to_string()),
@@ -296,16 +302,28 @@ impl TestApp {
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::from_vars(vars).expect("test settings are valid");
-        let app = Application::build(&settings).expect("application builds");
-        let base = format!("http://{}", app.public_addr());
-        let admin = format!("http://{}", app.admin_addr());
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
+        let (built, addrs) = oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime for the application");
+            runtime.block_on(async move {
+                let app = Application::build(&settings).expect("application builds");
+                let _ = built.send((app.public_addr(), app.admin_addr()));
+                app.run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let (public, admin) = addrs.await.expect("the application thread started");
+        let done = tokio::task::spawn_blocking(move || thread.join().expect("no panic"));
         Self {
-            base,
-            admin,
+            base: format!("http://{public}"),
+            admin: format!("http://{admin}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
