@@ -14,7 +14,8 @@ def test_central_overlay(master, summary):
     master.set("other-key", "2")
     status, body = pod.get("/v1/keys?key=known-key&key=other-key")
     assert status == 200 and json.loads(body)["values"]["other-key"] == "2", body
-    # As the read-only user "api" (acl-users.conf): nothing it sent was refused.
+    # As the read-only user "api" (acl-users.conf), its value cache tracking the master: nothing refused.
+    kit.wait_for("the cache to track the master", lambda: pod.metric("read_api_cache_tracking_up") == 1, 30)
     refused = [entry for entry in master.acl_log() if entry.get("username") == "api"]
     assert not refused, refused
     summary("read-api-central-0 reads known-key and a batch from the master over TLS as user api, nothing refused")

@@ -337,6 +337,29 @@ def test_the_api_user_runs_what_the_api_sends(master, no_refusals):
         api.close()
 
 
+def test_the_api_user_tracks_what_its_cache_holds(master, no_refusals):
+    """The value cache's tracking connection, as api/src/cache/tracking.rs opens it: BCAST
+    tracking redirected to itself, and the invalidation channel subscribed."""
+    api = client(master, "api", master["passwords"]["api"])
+    connection = api.connection_pool.get_connection("PING")
+    try:
+        connection.send_command("CLIENT", "ID")
+        own_id = connection.read_response()
+        connection.send_command("CLIENT", "SETNAME", "read-api-tracking")
+        assert connection.read_response() in (b"OK", "OK")
+        connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST")
+        assert connection.read_response() in (b"OK", "OK")
+        connection.send_command("SUBSCRIBE", "__redis__:invalidate")
+        assert connection.read_response()[0] == "subscribe"
+        master["admin"].set("known-key", "changed")
+        kind, channel, keys = connection.read_response()
+        assert (kind, channel, keys) == ("message", "__redis__:invalidate", ["known-key"])
+    finally:
+        connection.disconnect()
+        api.connection_pool.release(connection)
+        api.close()
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -347,6 +370,8 @@ def test_the_api_user_runs_what_the_api_sends(master, no_refusals):
         ["EVAL", "return 1", "0"],
         ["KEYS", "*"],
         ["ACL", "LIST"],
+        ["SUBSCRIBE", "other-channel"],
+        ["CLIENT", "KILL", "TYPE", "normal"],
     ],
 )
 def test_the_api_user_reads_and_nothing_else(master, command):
