@@ -4,6 +4,7 @@ quick bench, the model, and the cluster Job manifests."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -235,17 +236,23 @@ def test_quick_bench_produces_every_output():
     bench = REPO / "target/bench"
     report = (bench / "report.md").read_text()
     assert report.strip() in result.stdout
-    for row in ["loopback TCP", "unix socket", "central: master over TLS", "webdis", "nginx", "redis-benchmark"]:
+    rows = ["loopback TCP", "unix socket", "central: master over TLS", "webdis", "nginx", "redis-benchmark"]
+    rows += ["value cache, sidecar: the same hot key", "value cache: Zipf keyspace larger than the cache"]
+    for row in rows:
         assert row in report, row
     for ratio in [
         "API sidecar TCP / webdis",
         "API sidecar TCP / HTTP ceiling",
+        "API with cache, hot key / webdis",
+        "hit ratio",
         "p99 at 0.5 × the max rate",
         "peak resident memory",
     ]:
         assert ratio in report, ratio
+    hit_ratio = float(re.search(r"hit ratio \| ([0-9.]+) \|", report).group(1))
+    assert 0 < hit_ratio < 1, "a keyspace larger than the cache: some hits, some misses"
     lines = (bench / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("system,") and len(lines) == 7
+    assert lines[0].startswith("system,") and len(lines) == 1 + len(rows)
     for line in lines[1:]:
         assert float(line.split(",")[2]) > 0, line
     costs = json.loads((bench / "costs.json").read_text())
