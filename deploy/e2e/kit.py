@@ -236,11 +236,13 @@ def pod_names():
     return [n for n in out if n.startswith(POD_PREFIXES)]
 
 
-def redis_cli(container, *args, auth_file=None):
-    """redis-cli on 127.0.0.1 inside CONTAINER: its REDISCLI_AUTH, or the password in AUTH_FILE there."""
-    command = 'redis-cli -h 127.0.0.1 "$@"'
-    if auth_file:
-        command = f"read -r REDISCLI_AUTH <{auth_file}; export REDISCLI_AUTH; {command}"
+# Where the API's replica (sidecar, relay pod or node replica) finds its own password, as its probes do.
+REPLICA_AUTH_FILE = "/etc/redis/auth/password"
+
+
+def redis_cli(container, *args, auth_file=REPLICA_AUTH_FILE):
+    """redis-cli on 127.0.0.1 inside CONTAINER, with the password in AUTH_FILE there."""
+    command = f'read -r REDISCLI_AUTH <{auth_file}; export REDISCLI_AUTH; redis-cli -h 127.0.0.1 "$@"'
     return podman("exec", container, "sh", "-c", command, "redis-cli", *args, check=False).stdout.strip()
 
 

@@ -180,7 +180,7 @@ def probe_results(pod, probes):
 
 
 def replica_cli(pod, *args):
-    return kit.podman("exec", f"{pod.name}-redis", "redis-cli", "-h", "127.0.0.1", *args, check=False).stdout.strip()
+    return kit.redis_cli(f"{pod.name}-redis", *args)
 
 
 # What each probe must answer in each replica state: True passes, False fails.
