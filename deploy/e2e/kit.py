@@ -283,6 +283,12 @@ def remove_pod(name, grace=10):
         podman("pod", "rm", "-f", name)
 
 
+def prune_volumes():
+    """Removes the volumes no pod uses any more. podman 4.3 makes one volume per ConfigMap, with the
+    items of the first pod that mounts it: the next play must not inherit another overlay's items."""
+    podman("volume", "prune", "-f", check=False)
+
+
 def pod_logs(pod, lines=15):
     return podman("pod", "logs", "--tail", str(lines), pod, check=False).stdout
 

@@ -36,6 +36,7 @@ def node_pods(master):
         for name in kit.pod_names():
             if name.startswith(("read-api-node", "redis-node")):
                 kit.podman("pod", "rm", "-f", "-t", "5", name, check=False)
+        kit.prune_volumes()
 
 
 def test_api_pods_read_the_node_replica(master, node_pods, summary):

@@ -47,6 +47,7 @@ def relay_pods(master):
         for name in kit.pod_names():
             if name.startswith(("read-api-relay", "redis-relay")):
                 kit.podman("pod", "rm", "-f", "-t", "5", name, check=False)
+        kit.prune_volumes()
 
 
 def relay_of(pod):
