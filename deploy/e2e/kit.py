@@ -283,9 +283,13 @@ def remove_pod(name, grace=10):
         podman("pod", "rm", "-f", name)
 
 
-def prune_volumes():
-    """Removes the volumes no pod uses any more. podman 4.3 makes one volume per ConfigMap, with the
-    items of the first pod that mounts it: the next play must not inherit another overlay's items."""
+def remove_pods(*prefixes):
+    """Removes the pods whose names start with one of PREFIXES, then the volumes no pod uses any more:
+    podman 4.3 makes one volume per ConfigMap, with the items of the first pod that mounts it, and the
+    next play must not inherit another overlay's items."""
+    for name in pod_names():
+        if name.startswith(prefixes):
+            podman("pod", "rm", "-f", "-t", "5", name, check=False)
     podman("volume", "prune", "-f", check=False)
 
 

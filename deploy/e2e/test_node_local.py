@@ -33,10 +33,7 @@ def node_pods(master):
             kit.wait_for(f"{pod.name} to be ready", lambda p=pod: ready(p), 120, every=0.25)
         yield pods
     finally:
-        for name in kit.pod_names():
-            if name.startswith(("read-api-node", "redis-node")):
-                kit.podman("pod", "rm", "-f", "-t", "5", name, check=False)
-        kit.prune_volumes()
+        kit.remove_pods("read-api-node", "redis-node")
 
 
 def test_api_pods_read_the_node_replica(master, node_pods, summary):

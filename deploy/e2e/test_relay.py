@@ -44,10 +44,7 @@ def relay_pods(master):
             kit.wait_for(f"{pod.name} to be ready", lambda p=pod: ready(p), 120, every=0.25)
         yield pods
     finally:
-        for name in kit.pod_names():
-            if name.startswith(("read-api-relay", "redis-relay")):
-                kit.podman("pod", "rm", "-f", "-t", "5", name, check=False)
-        kit.prune_volumes()
+        kit.remove_pods("read-api-relay", "redis-relay")
 
 
 def relay_of(pod):

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_manifests import RENDERED
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "deploy/images/images.yaml"
-RENDERED = [
-    "base",
-    "overlays/sidecar",
-    "overlays/central",
-    "overlays/relay",
-    "overlays/node-local",
-    "master",
-    "tests/all-components",
-]
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
