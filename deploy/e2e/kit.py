@@ -12,7 +12,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import redis
@@ -281,6 +283,30 @@ def remove_pod(name, grace=10):
     fails when the SIGKILL meets a container that has just exited ("container state improper"): once more."""
     if podman("pod", "rm", "-f", "-t", str(grace), name, check=False).returncode != 0:
         podman("pod", "rm", "-f", name)
+
+
+class Watch(threading.Thread):
+    """Reads and readiness through some pods until stopped."""
+
+    def __init__(self, pods):
+        super().__init__(daemon=True)
+        self.pods, self.stopped = pods, threading.Event()
+        self.reads, self.readiness = Counter(), Counter()
+
+    def run(self):
+        while not self.stopped.is_set():
+            for pod in self.pods:
+                try:
+                    self.reads[pod.get("/v1/keys/known-key")[0]] += 1
+                    self.readiness[pod.ready()[0]] += 1
+                except TRANSIENT:
+                    self.reads[0] += 1
+            time.sleep(0.02)
+
+    def stop(self):
+        self.stopped.set()
+        self.join()
+        return self
 
 
 def remove_pods(*prefixes):

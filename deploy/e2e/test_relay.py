@@ -7,9 +7,7 @@ podman has no Service: podmanize.py points API pod i at relay i mod 2 by name
 Service would move a pod to another relay, the test does what the Service
 would (REPLICAOF the other relay) and says so."""
 
-import threading
 import time
-from collections import Counter
 
 import kit
 import pytest
@@ -96,35 +94,13 @@ def test_a_rollout_of_the_api_pods_sends_nothing_from_the_master(master, relay_p
     )
 
 
-class Reader(threading.Thread):
-    """Reads known-key and /readyz through one pod until stopped."""
-
-    def __init__(self, pod):
-        super().__init__(daemon=True)
-        self.pod, self.stopped = pod, threading.Event()
-        self.reads, self.readiness = Counter(), Counter()
-
-    def run(self):
-        while not self.stopped.is_set():
-            try:
-                self.reads[self.pod.get("/v1/keys/known-key")[0]] += 1
-                self.readiness[self.pod.ready()[0]] += 1
-            except kit.TRANSIENT:
-                self.reads[0] += 1
-            time.sleep(0.02)
-
-    def stop(self):
-        self.stopped.set()
-        self.join()
-
-
 def test_a_relay_lost_keeps_its_pods_serving(master, relay_pods, summary):
     pod = relay_pods[0]
     relay = relay_of(pod)
     master.set("known-key", "before the relay went")
     kit.wait_for("the write on the pod", lambda: pod.value("known-key") == "before the relay went", 30)
     before = kit.replication_totals(master)
-    reader = Reader(pod)
+    reader = kit.Watch([pod])
     reader.start()
     try:
         # A crash: no last snapshot, so the relay comes back with what its volume holds.

@@ -22,9 +22,7 @@ import os
 import shutil
 import statistics
 import subprocess
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import conftest as scale
@@ -291,30 +289,6 @@ def test_full_rollout_of_the_api_pods(deployed, master, sizing, summary):
             f"{max(sync, 0)} bytes beyond the stream")  # fmt: skip
 
 
-class Watch(threading.Thread):
-    """Reads and readiness through some pods until stopped."""
-
-    def __init__(self, pods):
-        super().__init__(daemon=True)
-        self.pods, self.stopped = pods, threading.Event()
-        self.reads, self.readiness = Counter(), Counter()
-
-    def run(self):
-        while not self.stopped.is_set():
-            for pod in self.pods:
-                try:
-                    self.reads[pod.get("/v1/keys/known-key")[0]] += 1
-                    self.readiness[pod.ready()[0]] += 1
-                except kit.TRANSIENT:
-                    self.reads[0] += 1
-            time.sleep(0.02)
-
-    def stop(self):
-        self.stopped.set()
-        self.join()
-        return self
-
-
 @pytest.mark.parametrize("how", ["stopped", "killed"])
 def test_relay_loss(deployed, master, how, summary):
     """A relay stopped (SIGTERM: a last snapshot, as a rolling update of the relays does) or killed
@@ -325,7 +299,7 @@ def test_relay_loss(deployed, master, how, summary):
     followers = [p for p in deployed.pods if relay_of(p) == relay]
     assert followers, "no pod follows redis-relay-0"
     before = kit.replication_totals(master)
-    watch = Watch(followers)
+    watch = kit.Watch(followers)
     watch.start()
     started = time.monotonic()
     try:
