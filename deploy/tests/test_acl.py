@@ -253,6 +253,23 @@ def test_a_user_without_a_password_file_is_not_created(tmp_path):
     assert "no password for ACL user 'heartbeat'" in err
 
 
+@pytest.mark.parametrize("variable", ["REDIS_PASSWORD_FILE", "MASTER_PASSWORD_FILE"])
+def test_an_empty_password_file_is_refused(tmp_path, variable):
+    """Read as no password, it would start a Redis open to anyone, or a replica that never logs in."""
+    empty = tmp_path / "password"
+    empty.write_text("\n")
+    result = subprocess.run(
+        ["sh", CONFIG / "redis-start/start-redis.sh", CONFIG / "redis-replica/redis-replica.conf"]
+        + ["--port", str(free_port()), "--dir", str(tmp_path)],
+        env={**os.environ, variable: str(empty), "REDIS_RUN_DIR": str(tmp_path / "run")},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.strip() == f"start-redis: {variable} {empty} is empty"
+
+
 def test_the_masters_readiness_probe_logs_in_with_the_admins_password_file(master):
     redis = rendered_master()["redis"]
     users_dir = env_value(redis, "REDIS_USERS_DIR")

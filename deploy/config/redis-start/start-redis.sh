@@ -37,6 +37,15 @@ first_line() {
     printf '%s' "$value"
 }
 
+# The password in file $2, for variable $1. An empty one is refused: read as no
+# password, it would start a server that anyone may use, or a replica that
+# never logs in to its master (a file caught half-written looks like that).
+password_file() {
+    value=$(first_line "$1" "$2")
+    [ -n "$value" ] || { echo "start-redis: $1 $2 is empty" >&2; exit 2; }
+    printf '%s' "$value"
+}
+
 # Writes the users of REDIS_USERS_FILE that have a password in REDIS_USERS_DIR.
 # Only shell built-ins: the images hold no more than sh and redis.
 users() {
@@ -65,8 +74,8 @@ users() {
 main() {
     umask 077
     : >"$auth"
-    if [ -n "${REDIS_PASSWORD_FILE:-}" ]; then REDIS_PASSWORD=$(first_line REDIS_PASSWORD_FILE "$REDIS_PASSWORD_FILE"); fi
-    if [ -n "${MASTER_PASSWORD_FILE:-}" ]; then MASTER_PASSWORD=$(first_line MASTER_PASSWORD_FILE "$MASTER_PASSWORD_FILE"); fi
+    if [ -n "${REDIS_PASSWORD_FILE:-}" ]; then REDIS_PASSWORD=$(password_file REDIS_PASSWORD_FILE "$REDIS_PASSWORD_FILE"); fi
+    if [ -n "${MASTER_PASSWORD_FILE:-}" ]; then MASTER_PASSWORD=$(password_file MASTER_PASSWORD_FILE "$MASTER_PASSWORD_FILE"); fi
     if [ -n "${REDIS_PASSWORD:-}" ]; then
         check REDIS_PASSWORD "$REDIS_PASSWORD"
         printf 'requirepass "%s"\n' "$REDIS_PASSWORD" >>"$auth"
