@@ -215,6 +215,28 @@ def play(name, target, *options):
     return manifest
 
 
+def without_value_cache(target):
+    """A kustomization of TARGET (a directory) whose API pods read every value from Redis
+    (CACHE_MAX_BYTES=0): what a topology's own read path costs, as the original experiment
+    measured it. With the cache on, a hot key never leaves the API's memory."""
+    path = Path(f"{target}-no-cache")
+    path.mkdir(parents=True, exist_ok=True)
+    patch = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "read-api"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "api", "env": [{"name": "CACHE_MAX_BYTES", "value": "0"}]},
+        ]}}},
+    }  # fmt: skip
+    doc = {
+        "resources": [os.path.relpath(target, path)],
+        "patches": [{"patch": yaml.safe_dump(patch), "target": {"kind": "Deployment", "name": "read-api"}}],
+    }
+    (path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    return path
+
+
 def play_one(name, target, ports, *options):
     """Plays a one-pod variant of TARGET as NAME-0, publishing its API and admin ports."""
     play(

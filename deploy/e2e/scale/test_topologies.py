@@ -59,7 +59,7 @@ class Deployed:
         if self.topology == "relay":
             self.relays = self.relays or relay_count(self.sizing["relay"])
             options += ["--spread", f"redis-relay={self.relays}"]
-        kit.play(name, self.sizing[self.topology], *options)
+        kit.play(name, kit.without_value_cache(self.sizing[self.topology]), *options)
         return [kit.Api(f"{name}-{i}", port + i, port + 1000 + i) for i in range(count)]
 
     def data_holders(self):
@@ -73,10 +73,7 @@ class Deployed:
         return holders
 
     def remove(self):
-        prefixes = (f"read-api-{SHORT[self.topology]}", "redis-relay", "redis-node")
-        for name in kit.pod_names():
-            if name.startswith(prefixes):
-                kit.podman("pod", "rm", "-f", "-t", "5", name, check=False)
+        kit.remove_pods(f"read-api-{SHORT[self.topology]}", "redis-relay", "redis-node")
 
 
 def relay_cli_of(relay):
