@@ -104,8 +104,22 @@ async fn other_methods_are_405_and_other_paths_404() {
             assert_eq!(body["error"], "method_not_allowed");
         }
     }
-    let (status, body) = app.get_json("/v2/keys/k").await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    for path in ["/v2/keys/k", "/v1/keys/a/b", "/v1/keysk", "/v1/keys//k"] {
+        let (status, body) = app.get_json(path).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+    }
+    // No route comes before a wrong method, as the router decides.
+    let response = app
+        .http
+        .post(format!("{}/v1/keys/a/b", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@
 
 use std::{io, sync::Arc};
 
-use actix_web::{http::header::HeaderValue, web, HttpRequest, HttpResponse};
+use actix_web::{
+    http::{header::HeaderValue, Method},
+    web, HttpRequest, HttpResponse,
+};
 use bytes::Bytes;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
@@ -26,14 +29,26 @@ struct OneValue<'a> {
     value: &'a str,
 }
 
+/// The single-key route, for metrics, and the prefix it is served under.
+pub const ONE_KEY_ROUTE: &str = "/v1/keys/{key}";
+pub const ONE_KEY_PREFIX: &str = "/v1/keys";
+
+/// Everything under `/v1/keys/`: one non-empty segment is a key (an encoded
+/// slash, %2F, stays encoded in the raw path), anything else no route.
 pub async fn get_one(
     req: HttpRequest,
     state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
-    let path = req.uri().path();
-    // The route matched exactly one segment after /v1/keys/, and an encoded
-    // slash (%2F) stays encoded in the raw path, so the last segment is the key.
-    let segment = path.rsplit_once('/').map_or(path, |(_, last)| last);
+    let segment = req
+        .uri()
+        .path()
+        .strip_prefix(ONE_KEY_PREFIX)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|segment| !segment.is_empty() && !segment.contains('/'))
+        .ok_or(ApiError::RouteNotFound)?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(ApiError::MethodNotAllowed);
+    }
     let key = decode_key(segment, false, state.limits.max_key_bytes)?;
     let ticket = match state.cache.as_deref().map(|cache| cache.lookup(&key)) {
         Some(Ok(cached)) => return answer(&req, &state, key, &cached),
