@@ -87,7 +87,7 @@ pub fn respond_tagged(
     if not_modified {
         response.finish()
     } else {
-        response.content_type("application/json");
+        response.insert_header((header::CONTENT_TYPE, JSON));
         if body.len() <= CHUNK {
             response.body(body)
         } else {
@@ -97,6 +97,8 @@ pub fn respond_tagged(
 }
 
 const CHUNK: usize = 64 * 1024;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A body handed to the connection 64 KiB at a time. Given whole, actix would
 /// copy a large body into the connection's write buffer at once, holding it

@@ -4,7 +4,7 @@
 //! actix's `Path`, which decodes lossily: a key that is not UTF-8 must be
 //! refused, not silently turned into another key.
 
-use std::{io, sync::Arc};
+use std::{borrow::Cow, io, sync::Arc};
 
 use actix_web::{
     http::{header::HeaderValue, Method},
@@ -51,7 +51,7 @@ pub async fn get_one(
     }
     let key = decode_key(segment, false, state.limits.max_key_bytes)?;
     let ticket = match state.cache.as_deref().map(|cache| cache.lookup(&key)) {
-        Some(Ok(cached)) => return answer(&req, &state, key, &cached),
+        Some(Ok(cached)) => return answer(&req, &state, &key, &cached),
         Some(Err(ticket)) => ticket,
         None => None,
     };
@@ -69,14 +69,14 @@ pub async fn get_one(
     if let (Some(cache), Some(ticket)) = (&state.cache, ticket) {
         cache.fill(&key, ticket, Arc::clone(&read));
     }
-    answer(&req, &state, key, &read)
+    answer(&req, &state, &key, &read)
 }
 
 /// The single-key answer for what the key holds, fresh or cached.
 fn answer(
     req: &HttpRequest,
     state: &PublicState,
-    key: String,
+    key: &str,
     read: &Cached,
 ) -> Result<HttpResponse, ApiError> {
     match read {
@@ -86,10 +86,10 @@ fn answer(
             etag.clone(),
             state.cache_control.as_ref(),
         )),
-        Cached::NotText => Err(ApiError::ValueNotUtf8(key)),
-        Cached::Missing => Err(ApiError::KeyNotFound(key)),
+        Cached::NotText => Err(ApiError::ValueNotUtf8(key.to_owned())),
+        Cached::Missing => Err(ApiError::KeyNotFound(key.to_owned())),
         Cached::TooLarge => Err(ApiError::ValueTooLarge {
-            key,
+            key: key.to_owned(),
             max: state.store.limits().max_value_bytes,
         }),
     }
@@ -303,7 +303,7 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
                 limits.max_batch_keys
             )));
         }
-        keys.push(decode_key(value, true, limits.max_key_bytes)?);
+        keys.push(decode_key(value, true, limits.max_key_bytes)?.into_owned());
     }
     if keys.is_empty() {
         return Err(ApiError::BadRequest(
@@ -315,14 +315,25 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
 
 /// Percent-decodes one key and checks it is non-empty UTF-8 within `max_bytes`.
 /// In a query string (`plus_is_space`), `+` stands for a space.
+/// A key with nothing to decode is borrowed from the request, as most are.
 pub fn decode_key(
     encoded: &str,
     plus_is_space: bool,
     max_bytes: usize,
-) -> Result<String, ApiError> {
+) -> Result<Cow<'_, str>, ApiError> {
     // A key can only shrink when decoded: refuse the absurd before allocating.
     if encoded.len() > max_bytes.saturating_mul(3) {
         return Err(too_long(max_bytes));
+    }
+    if !encoded
+        .bytes()
+        .any(|b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return match encoded.len() {
+            0 => Err(ApiError::BadKey("key is empty".into())),
+            n if n > max_bytes => Err(too_long(max_bytes)),
+            _ => Ok(Cow::Borrowed(encoded)),
+        };
     }
     let bytes = decode(encoded, plus_is_space)?;
     if bytes.is_empty() {
@@ -332,6 +343,7 @@ pub fn decode_key(
         return Err(too_long(max_bytes));
     }
     String::from_utf8(bytes)
+        .map(Cow::Owned)
         .map_err(|_| ApiError::BadKey("key is not valid UTF-8 after percent-decoding".into()))
 }
 
@@ -429,6 +441,20 @@ mod tests {
             );
         }
         assert_eq!(decode_key("12345678", false, 8).unwrap(), "12345678");
+    }
+
+    #[test]
+    fn keys_without_escapes_are_borrowed() {
+        assert!(matches!(
+            decode_key("plain", false, 8),
+            Ok(Cow::Borrowed("plain"))
+        ));
+        assert!(matches!(
+            decode_key("a+b", false, 8),
+            Ok(Cow::Borrowed("a+b"))
+        ));
+        assert!(matches!(decode_key("a+b", true, 8), Ok(Cow::Owned(_))));
+        assert!(matches!(decode_key("a%41", false, 8), Ok(Cow::Owned(_))));
     }
 
     #[test]

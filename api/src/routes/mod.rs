@@ -15,7 +15,7 @@ use actix_web::{
 
 pub use caching::{etag_of, if_none_match_matches};
 pub use keys::{decode_key, parse_batch_query};
-pub use request_id::{request_id, RequestId};
+pub use request_id::request_id;
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@
 use std::{
     collections::hash_map::RandomState,
     hash::{BuildHasher, Hasher},
+    io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
         OnceLock,
@@ -15,21 +16,11 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
     middleware::Next,
-    Error, HttpMessage,
+    Error,
 };
 use tracing::Instrument;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being served, in its extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
-impl RequestId {
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
-    }
-}
 
 /// A client's id is kept when it is short, visible ASCII; anything else would
 /// let a client write what it likes into our logs, so it gets a new id.
@@ -39,14 +30,23 @@ fn acceptable(value: &HeaderValue) -> bool {
 }
 
 /// `<random per process>-<counter>`: unique across pods without a random
-/// draw per request.
+/// draw per request, and written on the stack.
 fn new_id() -> HeaderValue {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix =
         PREFIX.get_or_init(|| format!("{:016x}", RandomState::new().build_hasher().finish()));
-    let id = format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    HeaderValue::from_str(&id).expect("hex digits and a dash are a valid header value")
+    let mut id = [0u8; 40];
+    let mut unwritten = &mut id[..];
+    write!(
+        unwritten,
+        "{prefix}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+    .expect("16 hex digits, a dash and a u64 fit in 40 bytes");
+    let len = 40 - unwritten.len();
+    HeaderValue::from_bytes(&id[..len])
+        .expect("hex digits, a dash and digits are a valid header value")
 }
 
 pub async fn request_id<B: MessageBody>(
@@ -62,7 +62,6 @@ pub async fn request_id<B: MessageBody>(
         request_id = id.to_str().unwrap_or("-"),
         method = %req.method(),
     );
-    req.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.call(req).instrument(span).await?;
     response.headers_mut().insert(HEADER, id);
     Ok(response)
