@@ -21,6 +21,13 @@ def test_every_pod_serves_known_key(master, pods, summary):
 
 
 def test_propagation(master, pods, summary, writes=200):
+    """From a write on the master to every pod answering it, through the pods' value caches
+    (on by default): a key read before its write reaches a pod is cached as missing, and only
+    the invalidation that follows the write lets the new value through."""
+    kit.wait_for(
+        "every pod's value cache to serve", lambda: all(p.metric("read_api_cache_tracking_up") == 1 for p in pods), 10
+    )
+    invalidations = [pod.metric("read_api_cache_invalidations_total") for pod in pods]
     delays = []
     for i in range(writes):
         key, value = f"prop:{i}", secrets.token_hex(8)
@@ -33,9 +40,11 @@ def test_propagation(master, pods, summary, writes=200):
         delays.append((time.monotonic() - written) * 1000)
     delays.sort()
     p99 = delays[max(0, int(len(delays) * 0.99) - 1)]
+    for pod, before in zip(pods, invalidations, strict=True):
+        assert pod.metric("read_api_cache_invalidations_total") - before >= writes, f"{pod.name}: too few invalidations"
     summary(
         f"propagation p50={statistics.median(delays):.1f} p99={p99:.1f} max={delays[-1]:.1f} "
-        f"(ms, {writes} writes, all {len(pods)} pods)"
+        f"(ms, {writes} writes, all {len(pods)} pods, through their value caches)"
     )
 
 
