@@ -13,7 +13,8 @@ and loadtest/model, fed with the costs measured at one pod and the limits,
 predicts every N.
 
 Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7]
-Output: target/replay/report.md, results.csv, ladder.svg, throughput.svg
+Output: target/replay/report.md, results.csv, calibration.csv (the steps costs came from), ladder.svg,
+throughput.svg
 """
 
 import argparse
@@ -95,10 +96,16 @@ def render_dir(name, base, component):
     return path
 
 
-def cpu_seconds(container):
-    """CPU time the container has used, from its cgroup (v1 cpuacct)."""
+def cpu_use(container):
+    """(CPU seconds used, CFS periods, periods throttled) of the container, from its cgroup (v1)."""
     cgroup = kit.podman("inspect", "--format", "{{.State.CgroupPath}}", container).stdout.strip()
-    return int(Path(f"/sys/fs/cgroup/cpuacct{cgroup}/cpuacct.usage").read_text()) / 1e9
+    seconds = int(Path(f"/sys/fs/cgroup/cpuacct{cgroup}/cpuacct.usage").read_text()) / 1e9
+    stat = dict(line.split() for line in Path(f"/sys/fs/cgroup/cpu{cgroup}/cpu.stat").read_text().splitlines())
+    return seconds, int(stat["nr_periods"]), int(stat["nr_throttled"])
+
+
+def total_use(containers):
+    return [sum(column) for column in zip(*(cpu_use(c) for c in containers), strict=True)]
 
 
 def host_cpu():
@@ -143,6 +150,7 @@ class Run:
     def __init__(self, pods, seconds, steps):
         self.pods, self.seconds, self.steps = pods, seconds, steps
         self.rows, self.costs, self.plays = [], {}, 0
+        self.calibration = []  # the steps the costs were measured in, kept for calibration.csv
 
     def setup(self):
         OUT.mkdir(parents=True, exist_ok=True)
@@ -186,7 +194,7 @@ class Run:
 
     def step(self, topology, pods, rate):
         containers = self.containers(topology, pods)
-        before = {part: sum(cpu_seconds(c) for c in names) for part, names in containers.items()}
+        before = {part: total_use(names) for part, names in containers.items()}
         host_before = host_cpu()
         with ThreadPoolExecutor(len(pods)) as pool:
             results = list(pool.map(
@@ -200,9 +208,12 @@ class Run:
         row["host_busy"] = (host_after[0] - host_before[0]) / max(host_after[1] - host_before[1], 1)
         served = sum(r["ok"] for r in results) or 1
         for part, names in containers.items():
-            used = sum(cpu_seconds(c) for c in names) - before[part]
+            used, periods, throttled = (a - b for a, b in zip(total_use(names), before[part], strict=True))
             row[f"{part}_us"] = used * 1e6 / served
             row[f"{part}_quota"] = used / (LIMITS[part] * len(names) * self.seconds)
+            # The share of CFS periods (100 ms) in which the part ran out of quota: with quotas this
+            # small, when in each period it runs decides how the reads it gets bunch up.
+            row[f"{part}_throttled"] = throttled / periods if periods else 0.0
         print(f"replay: {topology} {len(pods)} pods at {rate:.0f}/s: {row['throughput']:.0f}/s, "
               f"{100 * row['success']:.2f} % ok, p99 {row['p99_ms']:.1f} ms, "
               f"machine {100 * row['host_busy']:.0f} % busy", flush=True)  # fmt: skip
@@ -228,6 +239,7 @@ class Run:
         # the API about 40-50 µs (throttling and the kernel's share), not the 17 of a free core.
         estimate = LIMITS["api"] * 1e6 / 40.0
         rows = self.ladder(topology, 1, 2 * estimate)
+        self.calibration += rows
         busiest = max(rows, key=lambda r: r["throughput"])
         overloaded = [r["throughput"] for r in rows if r["throughput"] < HELD_THROUGHPUT * r["offered"]]
         sustained = sum(overloaded) / len(overloaded) / busiest["throughput"] if overloaded else 1.0
@@ -249,6 +261,7 @@ class Run:
             pods = self.play("central", n)
             try:
                 rows = [self.step("central", pods, factor * estimate) for factor in MASTER_LADDER]
+                self.calibration += rows
             finally:
                 for pod in pods:
                     kit.podman("pod", "rm", "-f", "-t", "5", pod.name, check=False)
@@ -314,11 +327,13 @@ def write_outputs(run):
         # The model's point: what N pods can serve, or the offered rate when that is less.
         row["predicted"] = m.served(row["offered"], *run.predict(m, row["topology"], row["pods"]))
     fields = ["topology", "pods", "offered", "requests", "success", "throughput", "predicted", "p50_ms", "p99_ms",
-              "api_us", "redis_us", "master_us", "api_quota", "redis_quota", "master_quota", "host_busy"]  # fmt: skip
-    with open(OUT / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(run.rows)
+              "api_us", "redis_us", "master_us", "api_quota", "redis_quota", "master_quota",
+              "api_throttled", "redis_throttled", "master_throttled", "host_busy"]  # fmt: skip
+    for name, rows in (("results.csv", run.rows), ("calibration.csv", run.calibration)):
+        with open(OUT / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows(rows)
     table = ["| topology | pods | held at 99.9 % | most served | model | model / measured |", "|---" * 6 + "|"]
     summary = {}
     for topology in ("sidecar", "central"):

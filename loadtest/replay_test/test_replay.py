@@ -16,6 +16,10 @@ def test_a_quick_replay_writes_every_output():
     rows = list(csv.DictReader(open(replay.OUT / "results.csv")))
     assert len(rows) == 2 * 2 * 3, f"{len(rows)} rows"
     assert all(int(r["requests"]) > 0 for r in rows)
+    assert all(0 <= float(r["master_throttled"]) <= 1 for r in rows)
+    # One pod per topology to cost the API and the replica, then the master's own ladder at 2 pods.
+    calibration = list(csv.DictReader(open(replay.OUT / "calibration.csv")))
+    assert len(calibration) == 2 * 3 + len(replay.MASTER_LADDER), f"{len(calibration)} calibration rows"
     for topology in ("sidecar", "central"):
         for pods in (1, 2):
             held, best, predicted = summary[(topology, pods)]
