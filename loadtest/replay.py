@@ -219,10 +219,10 @@ class Run:
               f"machine {100 * row['host_busy']:.0f} % busy", flush=True)  # fmt: skip
         return row
 
-    def ladder(self, topology, n, top):
+    def ladder(self, topology, n, rates):
+        """One play of N pods, a step at each offered rate, then the pods removed."""
         pods = self.play(topology, n)
         try:
-            rates = [top * (i + 1) / self.steps for i in range(self.steps)]
             rows = [self.step(topology, pods, rate) for rate in rates]
             hits = sum(pod.metric("read_api_cache_hits_total") or 0 for pod in pods)
             if hits:
@@ -232,13 +232,17 @@ class Run:
             for pod in pods:
                 kit.podman("pod", "rm", "-f", "-t", "5", pod.name, check=False)
 
+    def rates(self, top):
+        """The ladder's offered rates: --steps even steps up to TOP."""
+        return [top * (i + 1) / self.steps for i in range(self.steps)]
+
     def calibrate(self, topology):
         """Per-read costs at one pod, from its busiest step, and the share of that the pod
         sustains in overload (the steps that served less than HELD_THROUGHPUT of the offer)."""
         # A first guess of one pod's reads/s: under a CPU quota this small a read costs
         # the API about 40-50 µs (throttling and the kernel's share), not the 17 of a free core.
         estimate = LIMITS["api"] * 1e6 / 40.0
-        rows = self.ladder(topology, 1, 2 * estimate)
+        rows = self.ladder(topology, 1, self.rates(2 * estimate))
         self.calibration += rows
         busiest = max(rows, key=lambda r: r["throughput"])
         overloaded = [r["throughput"] for r in rows if r["throughput"] < HELD_THROUGHPUT * r["offered"]]
@@ -258,13 +262,8 @@ class Run:
         estimate = LIMITS["master"] * 1e6 / central["master_us"]
         measured, sustained = {}, []
         for n in counts:
-            pods = self.play("central", n)
-            try:
-                rows = [self.step("central", pods, factor * estimate) for factor in MASTER_LADDER]
-                self.calibration += rows
-            finally:
-                for pod in pods:
-                    kit.podman("pod", "rm", "-f", "-t", "5", pod.name, check=False)
+            rows = self.ladder("central", n, [factor * estimate for factor in MASTER_LADDER])
+            self.calibration += rows
             knee = max(rows, key=lambda r: r["throughput"])
             measured[n] = knee["master_us"]
             if rows[-1] is not knee and rows[-1]["throughput"] < HELD_THROUGHPUT * rows[-1]["offered"]:
@@ -291,7 +290,7 @@ class Run:
         for topology in ("sidecar", "central"):
             for n in self.pods:
                 capacity, _ = self.predict(m, topology, n)
-                self.rows += self.ladder(topology, n, 1.5 * capacity)
+                self.rows += self.ladder(topology, n, self.rates(1.5 * capacity))
 
     def predict(self, m, topology, n):
         """The model's capacity for N pods, and the share of it they sustain past it: the

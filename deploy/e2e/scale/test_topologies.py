@@ -48,6 +48,7 @@ class Deployed:
 
     def __init__(self, topology, sizing):
         self.topology, self.sizing = topology, sizing
+        self.render = kit.without_value_cache(sizing[topology])
         self.relays = 0
         self.pods = []
 
@@ -59,7 +60,7 @@ class Deployed:
         if self.topology == "relay":
             self.relays = self.relays or relay_count(self.sizing["relay"])
             options += ["--spread", f"redis-relay={self.relays}"]
-        kit.play(name, kit.without_value_cache(self.sizing[self.topology]), *options)
+        kit.play(name, self.render, *options)
         return [kit.Api(f"{name}-{i}", port + i, port + 1000 + i) for i in range(count)]
 
     def data_holders(self):
