@@ -15,7 +15,11 @@ use std::{
 
 use tokio::time::MissedTickBehavior;
 
-use crate::{cache::ValueCache, metrics::Metrics, store::Store};
+use crate::{
+    cache::ValueCache,
+    metrics::Metrics,
+    store::{Store, WorkerPools},
+};
 
 /// What one `INFO` poll says about the Redis the API reads.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -146,6 +150,7 @@ pub fn heartbeat_age(value: Option<&[u8]>, now: SystemTime) -> f64 {
 pub enum NotReady {
     Starting,
     RedisUnreachable,
+    WorkersConnecting,
     RedisLoading,
     ReplicaNotSynced,
     MasterLinkDownTooLong,
@@ -157,6 +162,9 @@ impl NotReady {
         match self {
             Self::Starting => "starting: no answer from redis yet",
             Self::RedisUnreachable => "redis_unreachable: the last INFO poll failed",
+            Self::WorkersConnecting => {
+                "workers_connecting: an http worker has no redis connection yet"
+            }
             Self::RedisLoading => "redis_loading: redis is loading its data set",
             Self::ReplicaNotSynced => {
                 "replica_not_synced: no full sync from the master since the api started"
@@ -274,6 +282,7 @@ pub async fn monitor(
     metrics: Metrics,
     settings: MonitorSettings,
     cache: Option<Arc<ValueCache>>,
+    workers: WorkerPools,
 ) {
     let mut previous: Option<RedisStatus> = None;
     let mut rules = ReadinessRules::new(settings.max_link_down);
@@ -319,7 +328,13 @@ pub async fn monitor(
             }
             previous = Some(status.clone());
         }
-        let verdict = rules.evaluate(poll.as_ref());
+        let verdict = rules.evaluate(poll.as_ref()).and_then(|()| {
+            if workers.all_connected() {
+                Ok(())
+            } else {
+                Err(NotReady::WorkersConnecting)
+            }
+        });
         record(&metrics, poll.as_ref(), rules.has_synced(), verdict.is_ok());
         if verdict != last_verdict {
             match verdict {

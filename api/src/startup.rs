@@ -137,6 +137,7 @@ impl Application {
                 heartbeat_key: settings.heartbeat_key.clone(),
             },
             value_cache.clone(),
+            store_config.worker_pools(),
         ));
         let tracking = value_cache.map(|value_cache| {
             tokio::spawn(cache::tracking::run(

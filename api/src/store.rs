@@ -10,7 +10,7 @@
 
 use std::{
     fs,
-    sync::Arc,
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -123,6 +123,7 @@ pub struct StoreConfig {
     limits: ValueLimits,
     script_sha: Arc<str>,
     metrics: Metrics,
+    workers: WorkerPools,
 }
 
 impl StoreConfig {
@@ -150,6 +151,7 @@ impl StoreConfig {
             },
             script_sha: fred::util::sha1_hash(READ_SCRIPT).into(),
             metrics,
+            workers: WorkerPools::new(settings.workers),
         })
     }
 
@@ -160,7 +162,14 @@ impl StoreConfig {
     /// pod, Redis may come up after the API, and until it does requests get a
     /// 503 and readiness stays false.
     pub fn connect(&self) -> Store {
-        self.connect_with(self.pool_size)
+        let store = self.connect_with(self.pool_size);
+        self.workers.register(&store.pool);
+        store
+    }
+
+    /// The pools [`connect`](Self::connect) opened, for readiness.
+    pub fn worker_pools(&self) -> WorkerPools {
+        self.workers.clone()
     }
 
     /// A client for the tracking connection of the value cache: RESP2 (see
@@ -211,7 +220,7 @@ impl StoreConfig {
             .expect("the redis config was validated by StoreConfig::new");
         pool.connect();
         Store {
-            pool,
+            pool: Arc::new(pool),
             prefix: self.prefix.clone(),
             limits: self.limits,
             timeout,
@@ -224,7 +233,7 @@ impl StoreConfig {
 /// Reads keys from one Redis, with the configured prefix and timeout.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    pool: Arc<Pool>,
     prefix: Bytes,
     limits: ValueLimits,
     timeout: Duration,
@@ -329,7 +338,7 @@ impl Store {
             args.push(RedisValue::from(if strict { "1" } else { "0" }));
             args
         };
-        let client = self.pool.next();
+        let client = self.pool.next_connected();
         let call = async {
             let sha = RedisValue::from(&*self.script_sha);
             match client
@@ -460,6 +469,44 @@ impl Store {
         }
         self.metrics.redis_error("unexpected");
         StoreError::Unexpected(error)
+    }
+}
+
+/// The HTTP workers' pools: each worker connects on its own backoff, so Redis
+/// answering the replica monitor does not mean that every worker can read yet.
+#[derive(Clone)]
+pub struct WorkerPools {
+    expected: usize,
+    pools: Arc<Mutex<Vec<Weak<Pool>>>>,
+}
+
+impl WorkerPools {
+    fn new(expected: usize) -> Self {
+        Self {
+            expected,
+            pools: Arc::default(),
+        }
+    }
+
+    fn register(&self, pool: &Arc<Pool>) {
+        self.lock().push(Arc::downgrade(pool));
+    }
+
+    /// Whether every worker has started and holds at least one connection
+    /// (reads go to a connected client when there is one).
+    pub fn all_connected(&self) -> bool {
+        let mut pools = self.lock();
+        // A worker that died and was restarted left a pool nobody holds.
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.len() >= self.expected
+            && pools
+                .iter()
+                .filter_map(Weak::upgrade)
+                .all(|pool| pool.clients().iter().any(|c| c.is_connected()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Pool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

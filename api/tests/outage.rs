@@ -4,6 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use read_api::{config::Settings, metrics::Metrics, store::StoreConfig};
 use support::{wait_for, RedisServer, TestApp};
 
 #[tokio::test]
@@ -103,4 +104,59 @@ async fn the_api_may_start_before_redis() {
     redis.cli(&["SET", "k", "late"]);
     app.wait_ready(200).await;
     assert_eq!(app.get_json("/v1/keys/k").await.1["value"], "late");
+}
+
+/// Each worker's pool reconnects on its own backoff: readiness must wait for
+/// every worker, not only for the monitor's connection.
+#[tokio::test]
+async fn readiness_counts_every_worker_pool_and_forgets_dead_ones() {
+    let redis = RedisServer::start();
+    let settings = Settings::from_vars([
+        ("REDIS_URL".to_string(), redis.url()),
+        ("WORKERS".into(), "2".into()),
+    ])
+    .unwrap();
+    let config = StoreConfig::new(&settings, Metrics::new()).unwrap();
+    let pools = config.worker_pools();
+    let first = config.connect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pools.all_connected(), "one worker of two has started");
+
+    let second = config.connect();
+    wait_for(
+        "both workers to connect",
+        Duration::from_secs(5),
+        || async { pools.all_connected().then_some(()) },
+    )
+    .await;
+
+    drop(second);
+    assert!(
+        !pools.all_connected(),
+        "a dead worker's pool counts for nothing"
+    );
+    let _restarted = config.connect();
+    wait_for(
+        "the restarted worker to connect",
+        Duration::from_secs(5),
+        || async { pools.all_connected().then_some(()) },
+    )
+    .await;
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_redis_is_not_connected() {
+    let settings = Settings::from_vars([
+        (
+            "REDIS_URL".to_string(),
+            format!("redis://127.0.0.1:{}", support::free_port()),
+        ),
+        ("WORKERS".into(), "1".into()),
+    ])
+    .unwrap();
+    let config = StoreConfig::new(&settings, Metrics::new()).unwrap();
+    let _worker = config.connect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!config.worker_pools().all_connected());
 }
