@@ -12,7 +12,13 @@ The CPU each container spends per read is read from its cgroup at every step,
 and loadtest/model, fed with the costs measured at one pod and the limits,
 predicts every N.
 
-Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7]
+This machine is shared: the same play measured minutes apart can differ by a
+third. So the whole run, calibration and ladders, is repeated --repeats times
+in turn; every figure is the median of its repeats, and the report gives how
+far the repeats of each point lie apart, the bound below which no model can
+be checked.
+
+Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 2]
 Output: target/replay/report.md, results.csv, calibration.csv (the steps costs came from), ladder.svg,
 throughput.svg
 """
@@ -21,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +50,7 @@ PORTS = {"sidecar": (18200, 19200), "central": (18300, 19300)}
 SUCCESS = 0.999  # the share of 200s a step must keep to count as held
 HELD_THROUGHPUT = 0.95  # and the share of the offered rate it must complete
 HOST_SATURATED = 0.95  # a step with the machine's cores this busy measures the machine
+TOLERANCE = 0.20  # the model's error the report accepts at a point
 MASTER_LADDER = (1.2, 1.6, 2.0, 2.6)  # offered, in multiples of the master's one-pod capacity
 
 
@@ -146,10 +154,44 @@ def merge(results, offered, seconds):
     }
 
 
+def median_rows(rows):
+    """One row per point (topology, pods, offered): the median of every figure over its repeats,
+    and how far apart the repeats' throughputs lie (largest / smallest - 1)."""
+    points = {}
+    for row in rows:
+        points.setdefault((row["topology"], row["pods"], row["offered"]), []).append(row)
+    merged = []
+    for repeats in points.values():
+        figures = (k for k, v in repeats[0].items() if isinstance(v, float) and k != "offered")
+        row = {"topology": repeats[0]["topology"], "pods": repeats[0]["pods"], "offered": repeats[0]["offered"]}
+        row |= {k: statistics.median(r[k] for r in repeats) for k in figures}
+        served = [r["throughput"] for r in repeats]
+        row["repeats"] = len(repeats)
+        row["spread"] = max(served) / min(served) - 1 if min(served) > 0 else 0.0
+        merged.append(row)
+    return merged
+
+
+def median_costs(calibrations):
+    """Each cost term: its median over the repeats' calibrations."""
+    costs = {}
+    for topology in calibrations[0]:
+        costs[topology] = {}
+        for key, value in calibrations[0][topology].items():
+            values = [c[topology][key] for c in calibrations]
+            if isinstance(value, dict):
+                value = {k: statistics.median(v[k] for v in values) for k in value}
+            else:
+                value = statistics.median(values)
+            costs[topology][key] = value
+    return costs
+
+
 class Run:
-    def __init__(self, pods, seconds, steps):
-        self.pods, self.seconds, self.steps = pods, seconds, steps
+    def __init__(self, pods, seconds, steps, repeats=1):
+        self.pods, self.seconds, self.steps, self.repeats = pods, seconds, steps, repeats
         self.rows, self.costs, self.plays = [], {}, 0
+        self.steps_played = []  # every ladder step of every repeat, kept for results.csv
         self.calibration = []  # the steps the costs were measured in, kept for calibration.csv
 
     def setup(self):
@@ -249,7 +291,7 @@ class Run:
         sustained = sum(overloaded) / len(overloaded) / busiest["throughput"] if overloaded else 1.0
         return {k: busiest[k] for k in busiest if k.endswith("_us")} | {"sustained": sustained}
 
-    def saturate_master(self):
+    def saturate_master(self, central):
         """The master's cost per read at its knee, where it bounds the central topology, at two
         pod counts: its per-loop work is split between the reads of every client connection, so
         a read costs it master_us + master_shared_us / N. One count (a quick run) leaves the
@@ -257,7 +299,6 @@ class Run:
         step gives the share of the knee the master sustains in overload (it serves less there:
         every client's backlog costs it a little more per read)."""
         counts = sorted({n for n in (2, max(self.pods)) if n >= 2 and n <= max(self.pods)})
-        central = self.costs["central"]
         # Costed at one pod's rate, the master looks dear: its cost per read falls as reads batch up.
         estimate = LIMITS["master"] * 1e6 / central["master_us"]
         measured, sustained = {}, []
@@ -282,15 +323,27 @@ class Run:
         central["master_measured"] = measured
 
     def run(self):
+        """Every repeat calibrates and plays every ladder in turn, so that a slow spell of the
+        machine lands in one repeat; the ladders of every repeat offer the same rates (from the
+        first repeat's costs), so their steps pair up."""
         self.setup()
         m = model()
-        for topology in ("sidecar", "central"):
-            self.costs[topology] = self.calibrate(topology)
-        self.saturate_master()
-        for topology in ("sidecar", "central"):
-            for n in self.pods:
-                capacity, _ = self.predict(m, topology, n)
-                self.rows += self.ladder(topology, n, self.rates(1.5 * capacity))
+        calibrations, rates = [], {}
+        for repeat in range(self.repeats):
+            first = len(self.calibration)
+            self.costs = {topology: self.calibrate(topology) for topology in ("sidecar", "central")}
+            self.saturate_master(self.costs["central"])
+            calibrations.append(self.costs)
+            for row in self.calibration[first:]:
+                row["repeat"] = repeat
+            for topology in ("sidecar", "central"):
+                for n in self.pods:
+                    if (topology, n) not in rates:
+                        rates[(topology, n)] = self.rates(1.5 * self.predict(m, topology, n)[0])
+                    rows = self.ladder(topology, n, rates[(topology, n)])
+                    self.steps_played += [row | {"repeat": repeat} for row in rows]
+        self.costs = median_costs(calibrations)
+        self.rows = median_rows(self.steps_played)
 
     def predict(self, m, topology, n):
         """The model's capacity for N pods, and the share of it they sustain past it: the
@@ -322,13 +375,13 @@ class Run:
 def write_outputs(run):
     OUT.mkdir(parents=True, exist_ok=True)
     m = model()
-    for row in run.rows:
+    for row in run.rows + run.steps_played:
         # The model's point: what N pods can serve, or the offered rate when that is less.
         row["predicted"] = m.served(row["offered"], *run.predict(m, row["topology"], row["pods"]))
-    fields = ["topology", "pods", "offered", "requests", "success", "throughput", "predicted", "p50_ms", "p99_ms",
-              "api_us", "redis_us", "master_us", "api_quota", "redis_quota", "master_quota",
+    fields = ["topology", "pods", "offered", "repeat", "requests", "success", "throughput", "predicted", "p50_ms",
+              "p99_ms", "api_us", "redis_us", "master_us", "api_quota", "redis_quota", "master_quota",
               "api_throttled", "redis_throttled", "master_throttled", "host_busy"]  # fmt: skip
-    for name, rows in (("results.csv", run.rows), ("calibration.csv", run.calibration)):
+    for name, rows in (("results.csv", run.steps_played), ("calibration.csv", run.calibration)):
         with open(OUT / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
             writer.writeheader()
@@ -348,14 +401,23 @@ def write_outputs(run):
     quiet = [r["predicted"] / r["throughput"] - 1 for r in measured if r["host_busy"] < HOST_SATURATED]
     saturated = len(errors) - len(quiet)
     worst_quiet = max(quiet, key=abs) if quiet else 0.0
+    spreads = sorted(r["spread"] for r in run.rows)
+    # A miss the repeats of its own point disagree by as much says nothing about the model.
+    beyond = [r for r in measured if abs(r["predicted"] / r["throughput"] - 1) > max(TOLERANCE, r["spread"])]
+
+    def miss(r):
+        error = r["predicted"] / r["throughput"] - 1
+        return f"{r['topology']} {r['pods']} pods at {r['offered']:.0f}/s ({100 * error:+.0f} %)"
+
     points = [
-        "| topology | pods | offered/s | served/s | model/s | model / served | API quota used | machine busy |",
-        "|---" * 8 + "|",
+        "| topology | pods | offered/s | served/s | repeats apart | model/s | model / served | API quota used "
+        "| machine busy |",
+        "|---" * 9 + "|",
     ]
     points += [
-        f"| {r['topology']} | {r['pods']} | {r['offered']:.0f} | {r['throughput']:.0f} | {r['predicted']:.0f} "
-        f"| {r['predicted'] / r['throughput']:.2f} | {100 * r['api_quota']:.0f} % | {100 * r['host_busy']:.0f} % "
-        f"{'(saturated)' if r['host_busy'] >= HOST_SATURATED else ''}|"
+        f"| {r['topology']} | {r['pods']} | {r['offered']:.0f} | {r['throughput']:.0f} | {100 * r['spread']:.0f} % "
+        f"| {r['predicted']:.0f} | {r['predicted'] / r['throughput']:.2f} | {100 * r['api_quota']:.0f} % "
+        f"| {100 * r['host_busy']:.0f} % {'(saturated)' if r['host_busy'] >= HOST_SATURATED else ''}|"
         for r in run.rows
     ]
     central = run.costs["central"]
@@ -367,7 +429,8 @@ def write_outputs(run):
         "",
         f"The original experiment at reduced scale: {', '.join(map(str, run.pods))} pods per topology, "
         f"{run.steps} fixed-rate steps of {run.seconds} s each (loadtest/attack.sh, oha standing in for vegeta, "
-        "one attack per pod at RATE/N on its own connections).",
+        f"one attack per pod at RATE/N on its own connections), the whole run {run.repeats} times in turn; "
+        "every figure below is the median of its repeats.",
         "",
         "Scaling: every container's CPU is limited so the pods, the master and the load generators share this "
         "machine's two cores: "
@@ -401,6 +464,12 @@ def write_outputs(run):
         f"past it): the worst is {100 * worst:+.0f} %; {saturated} of {len(errors)} steps ran with this machine's "
         f"cores {100 * HOST_SATURATED:.0f} % busy or more, where pods wait for a core rather than for their quota; "
         f"without them the worst is {100 * worst_quiet:+.0f} %.",
+        "",
+        f"Repeatability: the repeats of a point lie {100 * statistics.median(spreads):.0f} % apart at the median and "
+        f"{100 * spreads[-1]:.0f} % at the most; {len(measured) - len(beyond)} of {len(measured)} points are within "
+        f"{100 * TOLERANCE:.0f} % of the model or within their own repeats' spread"
+        + (": every one." if not beyond else ", not: " + "; ".join(map(miss, beyond)) + ".")
+        + ("" if run.repeats > 1 else " (one repeat: nothing to compare)"),
         "",
         *points,
         "",
@@ -441,10 +510,11 @@ def main(argv=None):
     parser.add_argument("--pods", default="1,2,4,6,8")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     if not os.environ.get("CONTAINERS_CONF"):
         raise SystemExit("replay: run through make replay, which prepares podman (CONTAINERS_CONF)")
-    run = Run([int(n) for n in args.pods.split(",")], args.seconds, args.steps)
+    run = Run([int(n) for n in args.pods.split(",")], args.seconds, args.steps, args.repeats)
     try:
         run.run()
     finally:

@@ -12,7 +12,7 @@ import replay  # noqa: E402
 
 
 def test_a_quick_replay_writes_every_output():
-    summary = replay.main(["--pods", "1,2", "--seconds", "3", "--steps", "3"])
+    summary = replay.main(["--pods", "1,2", "--seconds", "3", "--steps", "3", "--repeats", "1"])
     rows = list(csv.DictReader(open(replay.OUT / "results.csv")))
     assert len(rows) == 2 * 2 * 3, f"{len(rows)} rows"
     assert all(int(r["requests"]) > 0 for r in rows)

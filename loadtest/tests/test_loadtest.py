@@ -363,3 +363,25 @@ def test_past_capacity_the_model_serves_the_sustained_share():
     assert m.served(800, 1000, 0.9) == 800
     assert m.served(1000, 1000, 0.9) == 1000
     assert m.served(1500, 1000, 0.9) == pytest.approx(900)
+
+
+def test_the_replay_takes_each_point_as_the_median_of_its_repeats():
+    sys.path.insert(0, str(LOADTEST))
+    import replay
+
+    def step(repeat, offered, served, p99):
+        return {"topology": "central", "pods": 2, "offered": offered, "repeat": repeat, "requests": 10,
+                "throughput": served, "success": 1.0, "p99_ms": p99}  # fmt: skip
+
+    rows = replay.median_rows([step(0, 1000.0, 990.0, 4.0), step(1, 1000.0, 900.0, 6.0),
+                               step(2, 1000.0, 1100.0, 5.0), step(0, 2000.0, 1500.0, 9.0)])  # fmt: skip
+    first, second = sorted(rows, key=lambda r: r["offered"])
+    assert (first["pods"], first["throughput"], first["p99_ms"], first["repeats"]) == (2, 990.0, 5.0, 3)
+    assert first["spread"] == pytest.approx(1100 / 900 - 1)
+    assert (second["throughput"], second["spread"], second["repeats"]) == (1500.0, 0.0, 1)
+
+    costs = replay.median_costs([
+        {"central": {"master_us": 10.0, "master_measured": {2: 12.0, 8: 10.0}}},
+        {"central": {"master_us": 14.0, "master_measured": {2: 16.0, 8: 11.0}}},
+    ])  # fmt: skip
+    assert costs["central"] == {"master_us": 12.0, "master_measured": {2: 14.0, 8: 10.5}}
