@@ -19,6 +19,7 @@ far the repeats of each point lie apart, the bound below which no model can
 be checked.
 
 Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 2]
+       replay.py --report   (the report again from target/replay's records, after a change to the model)
 Output: target/replay/report.md, results.csv, calibration.csv (the steps costs came from), ladder.svg,
 throughput.svg
 """
@@ -187,12 +188,78 @@ def median_costs(calibrations):
     return costs
 
 
+def one_pod_costs(rows):
+    """Per-read costs at one pod, from its busiest step, and the share of that the pod
+    sustains in overload (the steps that served less than HELD_THROUGHPUT of the offer)."""
+    busiest = max(rows, key=lambda r: r["throughput"])
+    overloaded = [r["throughput"] for r in rows if r["throughput"] < HELD_THROUGHPUT * r["offered"]]
+    sustained = sum(overloaded) / len(overloaded) / busiest["throughput"] if overloaded else 1.0
+    return {k: busiest[k] for k in busiest if k.endswith("_us")} | {"sustained": sustained}
+
+
+def master_costs(central, ladders):
+    """The master's cost per read at its knee, where it bounds the central topology, from its
+    ladders at one or two pod counts ({pods: rows}): its per-loop work is split between the
+    reads of every client connection, so a read costs it master_us + master_shared_us / N. One
+    count (a quick run) leaves the shared term at 0. The deepest step of a ladder gives the
+    share of the knee the master sustains in overload (it serves less there: every client's
+    backlog costs it a little more per read)."""
+    measured, sustained = {}, []
+    for n, rows in sorted(ladders.items()):
+        knee = max(rows, key=lambda r: r["throughput"])
+        measured[n] = knee["master_us"]
+        if rows[-1] is not knee and rows[-1]["throughput"] < HELD_THROUGHPUT * rows[-1]["offered"]:
+            sustained.append(rows[-1]["throughput"] / knee["throughput"])
+    central["master_us_one_pod"] = central["master_us"]
+    central["master_sustained"] = sum(sustained) / len(sustained) if sustained else 1.0
+    if len(measured) == 2:
+        (few, cost_few), (many, cost_many) = sorted(measured.items())
+        shared = max((cost_few - cost_many) / (1 / few - 1 / many), 0.0)
+        central["master_shared_us"], central["master_us"] = shared, cost_many - shared / many
+    elif measured:
+        central["master_shared_us"], central["master_us"] = 0.0, next(iter(measured.values()))
+    else:
+        central["master_shared_us"] = 0.0
+    central["master_measured"] = measured
+
+
+def costs_from(calibration):
+    """One repeat's costs, from the steps of its calibration ladders."""
+    one_pod = {t: [r for r in calibration if r["topology"] == t and r["pods"] == 1] for t in ("sidecar", "central")}
+    costs = {t: one_pod_costs(rows) for t, rows in one_pod.items()}
+    ladders = {}
+    for row in calibration:
+        if row["topology"] == "central" and row["pods"] > 1:
+            ladders.setdefault(row["pods"], []).append(row)
+    master_costs(costs["central"], ladders)
+    return costs
+
+
 class Run:
     def __init__(self, pods, seconds, steps, repeats=1):
         self.pods, self.seconds, self.steps, self.repeats = pods, seconds, steps, repeats
         self.rows, self.costs, self.plays = [], {}, 0
         self.steps_played = []  # every ladder step of every repeat, kept for results.csv
         self.calibration = []  # the steps the costs were measured in, kept for calibration.csv
+        self.calibrations = []  # each repeat's costs
+
+    @classmethod
+    def recorded(cls):
+        """The run whose steps target/replay holds (run.json and the two CSVs), to report again."""
+        meta = json.loads((OUT / "run.json").read_text())
+        run = cls(meta["pods"], meta["seconds"], meta["steps"], meta["repeats"])
+
+        def read(name):
+            rows = []
+            for raw in csv.DictReader(open(OUT / name)):
+                row = {k: float(v) for k, v in raw.items() if v and k not in ("topology", "pods", "repeat")}
+                rows.append(row | {"topology": raw["topology"], "pods": int(raw["pods"]), "repeat": int(raw["repeat"])})
+            return rows
+
+        run.steps_played, run.calibration = read("results.csv"), read("calibration.csv")
+        run.calibrations = [costs_from([r for r in run.calibration if r["repeat"] == i]) for i in range(run.repeats)]
+        run.costs = median_costs(run.calibrations)
+        return run
 
     def setup(self):
         OUT.mkdir(parents=True, exist_ok=True)
@@ -279,48 +346,23 @@ class Run:
         return [top * (i + 1) / self.steps for i in range(self.steps)]
 
     def calibrate(self, topology):
-        """Per-read costs at one pod, from its busiest step, and the share of that the pod
-        sustains in overload (the steps that served less than HELD_THROUGHPUT of the offer)."""
-        # A first guess of one pod's reads/s: under a CPU quota this small a read costs
-        # the API about 40-50 µs (throttling and the kernel's share), not the 17 of a free core.
-        estimate = LIMITS["api"] * 1e6 / 40.0
-        rows = self.ladder(topology, 1, self.rates(2 * estimate))
+        """One pod's ladder, up to twice a first guess of its reads/s: under a CPU quota this
+        small a read costs the API about 40-50 µs (throttling and the kernel's share), not the
+        17 of a free core."""
+        rows = self.ladder(topology, 1, self.rates(2 * LIMITS["api"] * 1e6 / 40.0))
         self.calibration += rows
-        busiest = max(rows, key=lambda r: r["throughput"])
-        overloaded = [r["throughput"] for r in rows if r["throughput"] < HELD_THROUGHPUT * r["offered"]]
-        sustained = sum(overloaded) / len(overloaded) / busiest["throughput"] if overloaded else 1.0
-        return {k: busiest[k] for k in busiest if k.endswith("_us")} | {"sustained": sustained}
+        return one_pod_costs(rows)
 
     def saturate_master(self, central):
-        """The master's cost per read at its knee, where it bounds the central topology, at two
-        pod counts: its per-loop work is split between the reads of every client connection, so
-        a read costs it master_us + master_shared_us / N. One count (a quick run) leaves the
-        shared term at 0. A short ladder past the one-pod estimate finds the knee; its deepest
-        step gives the share of the knee the master sustains in overload (it serves less there:
-        every client's backlog costs it a little more per read)."""
+        """The master's short ladders past its one-pod estimate, at 2 pods and the most (see
+        master_costs); costed at one pod's rate, the master looks dear: its cost per read falls
+        as reads batch up."""
         counts = sorted({n for n in (2, max(self.pods)) if n >= 2 and n <= max(self.pods)})
-        # Costed at one pod's rate, the master looks dear: its cost per read falls as reads batch up.
         estimate = LIMITS["master"] * 1e6 / central["master_us"]
-        measured, sustained = {}, []
-        for n in counts:
-            rows = self.ladder("central", n, [factor * estimate for factor in MASTER_LADDER])
+        ladders = {n: self.ladder("central", n, [factor * estimate for factor in MASTER_LADDER]) for n in counts}
+        for rows in ladders.values():
             self.calibration += rows
-            knee = max(rows, key=lambda r: r["throughput"])
-            measured[n] = knee["master_us"]
-            if rows[-1] is not knee and rows[-1]["throughput"] < HELD_THROUGHPUT * rows[-1]["offered"]:
-                sustained.append(rows[-1]["throughput"] / knee["throughput"])
-        central["master_us_one_pod"] = central["master_us"]
-        central["master_sustained"] = sum(sustained) / len(sustained) if sustained else 1.0
-        if len(counts) == 2:
-            (few, cost_few), (many, cost_many) = sorted(measured.items())
-            shared = max((cost_few - cost_many) / (1 / few - 1 / many), 0.0)
-            central["master_shared_us"], central["master_us"] = shared, cost_many - shared / many
-        else:
-            central["master_shared_us"], central["master_us"] = (
-                0.0,
-                measured[counts[0]] if counts else central["master_us"],
-            )
-        central["master_measured"] = measured
+        master_costs(central, ladders)
 
     def run(self):
         """Every repeat calibrates and plays every ladder in turn, so that a slow spell of the
@@ -328,12 +370,12 @@ class Run:
         first repeat's costs), so their steps pair up."""
         self.setup()
         m = model()
-        calibrations, rates = [], {}
+        rates = {}
         for repeat in range(self.repeats):
             first = len(self.calibration)
             self.costs = {topology: self.calibrate(topology) for topology in ("sidecar", "central")}
             self.saturate_master(self.costs["central"])
-            calibrations.append(self.costs)
+            self.calibrations.append(self.costs)
             for row in self.calibration[first:]:
                 row["repeat"] = repeat
             for topology in ("sidecar", "central"):
@@ -342,14 +384,13 @@ class Run:
                         rates[(topology, n)] = self.rates(1.5 * self.predict(m, topology, n)[0])
                     rows = self.ladder(topology, n, rates[(topology, n)])
                     self.steps_played += [row | {"repeat": repeat} for row in rows]
-        self.costs = median_costs(calibrations)
-        self.rows = median_rows(self.steps_played)
+        self.costs = median_costs(self.calibrations)
 
-    def predict(self, m, topology, n):
+    def predict(self, m, topology, n, costs=None):
         """The model's capacity for N pods, and the share of it they sustain past it: the
         one-pod figure where the API is the bottleneck, all of it where the master is (it
-        queues in its clients, not in itself)."""
-        sidecar, central = self.costs["sidecar"], self.costs["central"]
+        queues in its clients, not in itself). From COSTS (one repeat's), or the medians."""
+        sidecar, central = (costs or self.costs)["sidecar"], (costs or self.costs)["central"]
         costs = sidecar if topology == "sidecar" else central
         capacity = m.predict_limits(
             n,
@@ -375,9 +416,15 @@ class Run:
 def write_outputs(run):
     OUT.mkdir(parents=True, exist_ok=True)
     m = model()
-    for row in run.rows + run.steps_played:
-        # The model's point: what N pods can serve, or the offered rate when that is less.
-        row["predicted"] = m.served(row["offered"], *run.predict(m, row["topology"], row["pods"]))
+    (OUT / "run.json").write_text(json.dumps(
+        {"pods": run.pods, "seconds": run.seconds, "steps": run.steps, "repeats": run.repeats}
+    ))  # fmt: skip
+    for row in run.steps_played:
+        # The model's point: what N pods can serve, or the offered rate when that is less, from the
+        # costs its own repeat measured minutes before (the machine drifts between repeats).
+        costs = run.calibrations[row["repeat"]]
+        row["predicted"] = m.served(row["offered"], *run.predict(m, row["topology"], row["pods"], costs))
+    run.rows = median_rows(run.steps_played)
     fields = ["topology", "pods", "offered", "repeat", "requests", "success", "throughput", "predicted", "p50_ms",
               "p99_ms", "api_us", "redis_us", "master_us", "api_quota", "redis_quota", "master_quota",
               "api_throttled", "redis_throttled", "master_throttled", "host_busy"]  # fmt: skip
@@ -391,7 +438,7 @@ def write_outputs(run):
     for topology in ("sidecar", "central"):
         for n in run.pods:
             held, best = run.held(topology, n)
-            predicted, _ = run.predict(m, topology, n)
+            predicted = statistics.median(run.predict(m, topology, n, costs)[0] for costs in run.calibrations)
             summary[(topology, n)] = (held, best, predicted)
             table.append(f"| {topology} | {n} | {held:.0f} | {best:.0f} | {predicted:.0f} | {predicted / best:.2f} |")
     plot(run)
@@ -511,7 +558,10 @@ def main(argv=None):
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="report again from target/replay, playing nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        return write_outputs(Run.recorded())
     if not os.environ.get("CONTAINERS_CONF"):
         raise SystemExit("replay: run through make replay, which prepares podman (CONTAINERS_CONF)")
     run = Run([int(n) for n in args.pods.split(",")], args.seconds, args.steps, args.repeats)
