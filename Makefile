@@ -236,6 +236,11 @@ replay: e2e-images oha ## The original experiment: central vs sidecar over 1,2,4
 	@scripts/install-deps.sh gnuplot
 	@$(E2E_ENV) PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/python loadtest/replay.py $(REPLAY_ARGS)
 
+.PHONY: replay-report
+replay-report: venv ## The last replay's report again, from its records in target/replay (after a change to loadtest/model).
+	@scripts/install-deps.sh gnuplot
+	.venv/bin/python loadtest/replay.py --report
+
 .PHONY: test-replay
 test-replay: e2e-images oha ## A quick replay (1 and 2 pods, 3 s steps), as make test runs it.
 	@scripts/install-deps.sh gnuplot

@@ -28,3 +28,7 @@ def test_a_quick_replay_writes_every_output():
         assert (replay.OUT / name).stat().st_size > 0, name
     report = (replay.OUT / "report.md").read_text()
     assert "| sidecar | 2 |" in report and "| central | 2 |" in report
+
+    # The report rebuilt from the records alone (replay.py --report) is the one the run wrote.
+    replay.main(["--report"])
+    assert (replay.OUT / "report.md").read_text() == report
