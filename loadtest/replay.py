@@ -194,7 +194,10 @@ def one_pod_costs(rows):
     busiest = max(rows, key=lambda r: r["throughput"])
     overloaded = [r["throughput"] for r in rows if r["throughput"] < HELD_THROUGHPUT * r["offered"]]
     sustained = sum(overloaded) / len(overloaded) / busiest["throughput"] if overloaded else 1.0
-    granted = {f"{part}_granted": busiest[f"{part}_quota"] for part in ("api", "redis") if f"{part}_quota" in busiest}
+    # What a container got of its limit is known only where it ran out: elsewhere, the limit.
+    granted = {
+        f"{part}_granted": max(busiest[f"{part}_quota"], 1.0) for part in ("api", "redis") if f"{part}_quota" in busiest
+    }
     return {k: busiest[k] for k in busiest if k.endswith("_us")} | {"sustained": sustained} | granted
 
 
@@ -209,7 +212,7 @@ def master_costs(central, ladders):
     for n, rows in sorted(ladders.items()):
         knee = max(rows, key=lambda r: r["throughput"])
         measured[n] = knee["master_us"]
-        granted[n] = knee["master_quota"]
+        granted[n] = max(knee["master_quota"], 1.0)
         if rows[-1] is not knee and rows[-1]["throughput"] < HELD_THROUGHPUT * rows[-1]["offered"]:
             sustained.append(rows[-1]["throughput"] / knee["throughput"])
     central["master_us_one_pod"] = central["master_us"]
