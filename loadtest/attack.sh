@@ -12,7 +12,9 @@
 #   RATES        comma-separated requests/s (default 1000,5000,10000,20000)
 #   DURATION     seconds per step (default 10)
 #   CONNECTIONS  connections per target host (default 64); the rate is held whatever
-#                the answers take (open model: vegeta gets no -max-workers)
+#                the answers take (open model: vegeta gets no -max-workers). oha keeps
+#                at most this many requests in flight and queues the rest itself;
+#                --latency-correction counts that wait in each request's latency
 #   LABEL        name of this series in results and plots (default: TARGET)
 #   OUT          results folder (default target/loadtest/LABEL)
 #   ENGINE       auto | vegeta | oha (default auto)
