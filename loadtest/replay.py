@@ -229,7 +229,7 @@ def master_costs(central, ladders):
     central["master_granted"] = granted
 
 
-def granted(by_pods, n):
+def master_granted_at(by_pods, n):
     """The share of its CPU limit the master got at its knee, at N pods: cgroup v1 lets a
     container overrun its quota a little per wake-up, and the master's wake-ups grow with its
     clients (3 % over at 2 pods, 11 % at 8). Linear in N between the counts measured."""
@@ -421,7 +421,7 @@ class Run:
             # What each container got of its limit where it was the bottleneck, not the limit.
             api_cores=LIMITS["api"] * costs.get("api_granted", 1.0),
             replica_cores=LIMITS["redis"] * sidecar.get("redis_granted", 1.0),
-            master_cores=LIMITS["master"] * granted(central.get("master_granted", {}), n),
+            master_cores=LIMITS["master"] * master_granted_at(central.get("master_granted", {}), n),
             api_us=costs["api_us"],
             replica_us=sidecar.get("redis_us", 0.0),
             master_us=central["master_us"],

@@ -385,3 +385,14 @@ def test_the_replay_takes_each_point_as_the_median_of_its_repeats():
         {"central": {"master_us": 14.0, "master_measured": {2: 16.0, 8: 11.0}}},
     ])  # fmt: skip
     assert costs["central"] == {"master_us": 12.0, "master_measured": {2: 14.0, 8: 10.5}}
+
+
+def test_the_master_is_granted_its_measured_share_linear_in_pods():
+    sys.path.insert(0, str(LOADTEST))
+    import replay
+
+    measured = {2: 1.03, 8: 1.11}
+    assert [replay.master_granted_at(measured, n) for n in (1, 2, 5, 8, 12)] == pytest.approx(
+        [1.03, 1.03, 1.07, 1.11, 1.11]
+    )
+    assert replay.master_granted_at({}, 4) == 1.0
