@@ -111,12 +111,7 @@ async fn the_api_may_start_before_redis() {
 #[tokio::test]
 async fn readiness_counts_every_worker_pool_and_forgets_dead_ones() {
     let redis = RedisServer::start();
-    let settings = Settings::from_vars([
-        ("REDIS_URL".to_string(), redis.url()),
-        ("WORKERS".into(), "2".into()),
-    ])
-    .unwrap();
-    let config = StoreConfig::new(&settings, Metrics::new()).unwrap();
+    let config = store_config(&redis.url(), 2);
     let pools = config.worker_pools();
     let first = config.connect();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -147,16 +142,18 @@ async fn readiness_counts_every_worker_pool_and_forgets_dead_ones() {
 
 #[tokio::test]
 async fn a_worker_that_cannot_reach_redis_is_not_connected() {
-    let settings = Settings::from_vars([
-        (
-            "REDIS_URL".to_string(),
-            format!("redis://127.0.0.1:{}", support::free_port()),
-        ),
-        ("WORKERS".into(), "1".into()),
-    ])
-    .unwrap();
-    let config = StoreConfig::new(&settings, Metrics::new()).unwrap();
+    let config = store_config(&format!("redis://127.0.0.1:{}", support::free_port()), 1);
     let _worker = config.connect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!config.worker_pools().all_connected());
+}
+
+/// What the application builds its workers' stores from, for WORKERS workers.
+fn store_config(redis_url: &str, workers: usize) -> StoreConfig {
+    let settings = Settings::from_vars([
+        ("REDIS_URL".to_string(), redis_url.to_string()),
+        ("WORKERS".into(), workers.to_string()),
+    ])
+    .unwrap();
+    StoreConfig::new(&settings, Metrics::new()).unwrap()
 }
