@@ -260,6 +260,7 @@ class Run:
     def __init__(self, pods, seconds, steps, repeats=1):
         self.pods, self.seconds, self.steps, self.repeats = pods, seconds, steps, repeats
         self.rows, self.costs, self.plays = [], {}, 0
+        self.repeat = 0  # the repeat being played; every step records it
         self.steps_played = []  # every ladder step of every repeat, kept for results.csv
         self.calibration = []  # the steps the costs were measured in, kept for calibration.csv
         self.calibrations = []  # each repeat's costs
@@ -334,7 +335,7 @@ class Run:
                 pods,
             ))  # fmt: skip
         host_after = host_cpu()
-        row = merge(results, rate, self.seconds) | {"topology": topology, "pods": len(pods)}
+        row = merge(results, rate, self.seconds) | {"topology": topology, "pods": len(pods), "repeat": self.repeat}
         # The machine's own load: past HOST_SATURATED the pods wait for a core, not for their quota,
         # and the step measures this machine rather than the topology.
         row["host_busy"] = (host_after[0] - host_before[0]) / max(host_after[1] - host_before[1], 1)
@@ -395,31 +396,30 @@ class Run:
         m = model()
         rates = {}
         for repeat in range(self.repeats):
-            first = len(self.calibration)
+            self.repeat = repeat
             self.costs = {topology: self.calibrate(topology) for topology in ("sidecar", "central")}
             self.saturate_master(self.costs["central"])
             self.calibrations.append(self.costs)
-            for row in self.calibration[first:]:
-                row["repeat"] = repeat
             for topology in ("sidecar", "central"):
                 for n in self.pods:
                     if (topology, n) not in rates:
                         rates[(topology, n)] = self.rates(1.5 * self.predict(m, topology, n)[0])
-                    rows = self.ladder(topology, n, rates[(topology, n)])
-                    self.steps_played += [row | {"repeat": repeat} for row in rows]
+                    self.steps_played += self.ladder(topology, n, rates[(topology, n)])
         self.costs = median_costs(self.calibrations)
 
     def predict(self, m, topology, n, costs=None):
         """The model's capacity for N pods, and the share of it they sustain past it: the
         one-pod figure where the API is the bottleneck, all of it where the master is (it
         queues in its clients, not in itself). From COSTS (one repeat's), or the medians."""
-        sidecar, central = (costs or self.costs)["sidecar"], (costs or self.costs)["central"]
+        costs = costs or self.costs
+        sidecar, central = costs["sidecar"], costs["central"]
         costs = sidecar if topology == "sidecar" else central
+        # What each container got of its limit where it was the bottleneck, not the limit.
+        api_cores = LIMITS["api"] * costs.get("api_granted", 1.0)
         capacity = m.predict_limits(
             n,
             topology,
-            # What each container got of its limit where it was the bottleneck, not the limit.
-            api_cores=LIMITS["api"] * costs.get("api_granted", 1.0),
+            api_cores=api_cores,
             replica_cores=LIMITS["redis"] * sidecar.get("redis_granted", 1.0),
             master_cores=LIMITS["master"] * master_granted_at(central.get("master_granted", {}), n),
             api_us=costs["api_us"],
@@ -427,10 +427,7 @@ class Run:
             master_us=central["master_us"],
             master_shared_us=central.get("master_shared_us", 0.0),
         )
-        master_bound = (
-            topology == "central"
-            and capacity < n * LIMITS["api"] * costs.get("api_granted", 1.0) * 1e6 / costs["api_us"]
-        )
+        master_bound = topology == "central" and capacity < n * api_cores * 1e6 / costs["api_us"]
         return capacity, central.get("master_sustained", 1.0) if master_bound else costs["sustained"]
 
     def held(self, topology, n):
@@ -438,6 +435,11 @@ class Run:
         held = [r for r in rows if r["success"] >= SUCCESS and r["throughput"] >= HELD_THROUGHPUT * r["offered"]]
         best = max(rows, key=lambda r: r["throughput"])
         return (max(r["offered"] for r in held) if held else 0.0), best["throughput"]
+
+
+def model_error(row):
+    """How far the model's point is from what was served: +0.1 is 10 % over."""
+    return row["predicted"] / row["throughput"] - 1
 
 
 def write_outputs(run):
@@ -470,18 +472,17 @@ def write_outputs(run):
             table.append(f"| {topology} | {n} | {held:.0f} | {best:.0f} | {predicted:.0f} | {predicted / best:.2f} |")
     plot(run)
     measured = [r for r in run.rows if r["throughput"]]
-    errors = [r["predicted"] / r["throughput"] - 1 for r in measured]
+    errors = [model_error(r) for r in measured]
     worst = max(errors, key=abs)
-    quiet = [r["predicted"] / r["throughput"] - 1 for r in measured if r["host_busy"] < HOST_SATURATED]
+    quiet = [model_error(r) for r in measured if r["host_busy"] < HOST_SATURATED]
     saturated = len(errors) - len(quiet)
     worst_quiet = max(quiet, key=abs) if quiet else 0.0
     spreads = sorted(r["spread"] for r in run.rows)
     # A miss the repeats of its own point disagree by as much says nothing about the model.
-    beyond = [r for r in measured if abs(r["predicted"] / r["throughput"] - 1) > max(TOLERANCE, r["spread"])]
+    beyond = [r for r in measured if abs(model_error(r)) > max(TOLERANCE, r["spread"])]
 
     def miss(r):
-        error = r["predicted"] / r["throughput"] - 1
-        return f"{r['topology']} {r['pods']} pods at {r['offered']:.0f}/s ({100 * error:+.0f} %)"
+        return f"{r['topology']} {r['pods']} pods at {r['offered']:.0f}/s ({100 * model_error(r):+.0f} %)"
 
     points = [
         "| topology | pods | offered/s | served/s | repeats apart | model/s | model / served | API quota used "
