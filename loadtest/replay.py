@@ -53,6 +53,7 @@ HELD_THROUGHPUT = 0.95  # and the share of the offered rate it must complete
 HOST_SATURATED = 0.95  # a step with the machine's cores this busy measures the machine
 TOLERANCE = 0.20  # the model's error the report accepts at a point
 MASTER_LADDER = (1.2, 1.6, 2.0, 2.6)  # offered, in multiples of the master's one-pod capacity
+MASTER_PODS = (2, 4, 8)  # the pod counts its cost is measured at (at_pods: linear between them)
 
 
 def model():
@@ -202,12 +203,13 @@ def one_pod_costs(rows):
 
 
 def master_costs(central, ladders):
-    """The master's cost per read at its knee, where it bounds the central topology, from its
-    ladders at one or two pod counts ({pods: rows}): its per-loop work is split between the
-    reads of every client connection, so a read costs it master_us + master_shared_us / N. One
-    count (a quick run) leaves the shared term at 0. The deepest step of a ladder gives the
-    share of the knee the master sustains in overload (it serves less there: every client's
-    backlog costs it a little more per read)."""
+    """The master's cost per read where it bounds the central topology, from its ladders at a
+    few pod counts ({pods: rows}): its cost at each ladder's knee (the busiest step). The cost
+    is not constant in N, nor monotone: more clients batch more reads per wake-up of its event
+    loop, and past a few pods the wake-ups' own work grows (one run: 15.4 µs a read at 2 pods,
+    12.2 at 4 and 6, 14.4 at 8), so the model takes it at N from the counts measured (at_pods).
+    The deepest step of a ladder gives the share of the knee the master sustains in overload
+    (it serves less there: every client's backlog costs it a little more per read)."""
     measured, granted, sustained = {}, {}, []
     for n, rows in sorted(ladders.items()):
         knee = max(rows, key=lambda r: r["throughput"])
@@ -215,33 +217,23 @@ def master_costs(central, ladders):
         granted[n] = max(knee["master_quota"], 1.0)
         if rows[-1] is not knee and rows[-1]["throughput"] < HELD_THROUGHPUT * rows[-1]["offered"]:
             sustained.append(rows[-1]["throughput"] / knee["throughput"])
-    central["master_us_one_pod"] = central["master_us"]
     central["master_sustained"] = sum(sustained) / len(sustained) if sustained else 1.0
-    if len(measured) == 2:
-        (few, cost_few), (many, cost_many) = sorted(measured.items())
-        shared = max((cost_few - cost_many) / (1 / few - 1 / many), 0.0)
-        central["master_shared_us"], central["master_us"] = shared, cost_many - shared / many
-    elif measured:
-        central["master_shared_us"], central["master_us"] = 0.0, next(iter(measured.values()))
-    else:
-        central["master_shared_us"] = 0.0
     central["master_measured"] = measured
     central["master_granted"] = granted
 
 
-def master_granted_at(by_pods, n):
-    """The share of its CPU limit the master got at its knee, at N pods: cgroup v1 lets a
-    container overrun its quota a little per wake-up, and the master's wake-ups grow with its
-    clients (3 % over at 2 pods, 11 % at 8). Linear in N between the counts measured."""
-    if not by_pods:
-        return 1.0
-    counts = sorted(by_pods)
-    if n <= counts[0] or len(counts) == 1:
-        return by_pods[counts[0]]
-    if n >= counts[-1]:
-        return by_pods[counts[-1]]
-    low, high = counts[0], counts[-1]
-    return by_pods[low] + (by_pods[high] - by_pods[low]) * (n - low) / (high - low)
+def at_pods(measured, n):
+    """A figure measured at some pod counts ({pods: value}), at N pods: linear between the
+    nearest counts measured on either side, the nearest count's beyond them."""
+    counts = sorted(measured)
+    below = [c for c in counts if c <= n]
+    above = [c for c in counts if c >= n]
+    if not below or not above:
+        return measured[counts[0] if not below else counts[-1]]
+    low, high = below[-1], above[0]
+    if low == high:
+        return measured[low]
+    return measured[low] + (measured[high] - measured[low]) * (n - low) / (high - low)
 
 
 def costs_from(calibration):
@@ -378,10 +370,11 @@ class Run:
         return one_pod_costs(rows)
 
     def saturate_master(self, central):
-        """The master's short ladders past its one-pod estimate, at 2 pods and the most (see
-        master_costs); costed at one pod's rate, the master looks dear: its cost per read falls
-        as reads batch up."""
-        counts = sorted({n for n in (2, max(self.pods)) if n >= 2 and n <= max(self.pods)})
+        """The master's short ladders past its one-pod estimate, at MASTER_PODS up to the most
+        pods played, and the most (see master_costs); costed at one pod's rate, the master looks
+        dear: its cost per read falls as reads batch up."""
+        most = max(self.pods)
+        counts = sorted({n for n in MASTER_PODS if n <= most} | {most}) if most >= 2 else []
         estimate = LIMITS["master"] * 1e6 / central["master_us"]
         ladders = {n: self.ladder("central", n, [factor * estimate for factor in MASTER_LADDER]) for n in counts}
         for rows in ladders.values():
@@ -416,16 +409,20 @@ class Run:
         costs = sidecar if topology == "sidecar" else central
         # What each container got of its limit where it was the bottleneck, not the limit.
         api_cores = LIMITS["api"] * costs.get("api_granted", 1.0)
+        # The master at N pods: as measured at its knee at the nearest counts (master_costs);
+        # measured at one pod only (a run of one pod), at that one pod's load.
+        measured = central.get("master_measured")
+        master_us = at_pods(measured, n) if measured else central["master_us"]
+        master_granted = at_pods(central["master_granted"], n) if measured else 1.0
         capacity = m.predict_limits(
             n,
             topology,
             api_cores=api_cores,
             replica_cores=LIMITS["redis"] * sidecar.get("redis_granted", 1.0),
-            master_cores=LIMITS["master"] * master_granted_at(central.get("master_granted", {}), n),
+            master_cores=LIMITS["master"] * master_granted,
             api_us=costs["api_us"],
             replica_us=sidecar.get("redis_us", 0.0),
-            master_us=central["master_us"],
-            master_shared_us=central.get("master_shared_us", 0.0),
+            master_us=master_us,
         )
         master_bound = topology == "central" and capacity < n * api_cores * 1e6 / costs["api_us"]
         return capacity, central.get("master_sustained", 1.0) if master_bound else costs["sustained"]
@@ -515,9 +512,9 @@ def write_outputs(run):
         "Model terms (CPU µs per read, from each container's cgroup), each measured where that container is "
         "the bottleneck: the API and the replica at one pod's busiest step; the master at its knee where it "
         "bounds the central topology, at "
-        + " and ".join(f"{n} pods ({us:.1f} µs)" for n, us in master_measured.items())
-        + f", fitted as {central['master_us']:.1f} + {central.get('master_shared_us', 0.0):.1f} / N µs "
-        f"(at one pod's load it cost {central['master_us_one_pod']:.1f} µs); past capacity, the bottleneck "
+        + ", ".join(f"{n} pods {us:.1f} µs" for n, us in master_measured.items())
+        + " (linear in between; at one pod's load it cost "
+        f"{central['master_us']:.1f} µs); past capacity, the bottleneck "
         f"serves the share of it it sustained in overload: one pod's own CPU (sidecar "
         f"{run.costs['sidecar']['sustained']:.2f}, central {central['sustained']:.2f}), the master "
         f"{central.get('master_sustained', 1.0):.2f}.",

@@ -348,14 +348,13 @@ def load_model():
     return module
 
 
-def test_a_master_shared_by_more_pods_costs_less_per_read():
+def test_central_pods_serve_what_their_apis_allow_up_to_the_master():
     m = load_model()
-    limits = dict(api_cores=1.0, replica_cores=1.0, master_cores=0.025, api_us=50.0, replica_us=10.0)
-    capacity = [m.predict_limits(n, "central", master_us=9.0, master_shared_us=12.0, **limits) for n in (2, 4, 8)]
-    # 25 000 µs of CPU a second, at 9 + 12/N µs a read.
-    assert capacity == pytest.approx([25000 / 15, 25000 / 12, 25000 / 10.5])
-    constant = m.predict_limits(8, "central", master_us=9.0, **limits)
-    assert constant == pytest.approx(25000 / 9)
+    limits = dict(api_cores=0.05, replica_cores=1.0, master_cores=0.025, api_us=50.0, replica_us=10.0)
+    capacity = [m.predict_limits(n, "central", master_us=12.5, **limits) for n in (1, 2, 4)]
+    # 1,000 reads/s per API; the master's 25,000 µs of CPU a second at 12.5 µs a read.
+    assert capacity == pytest.approx([1000, 2000, 2000])
+    assert m.predict_limits(4, "sidecar", master_us=12.5, **limits) == pytest.approx(4000)
 
 
 def test_past_capacity_the_model_serves_the_sustained_share():
@@ -387,12 +386,12 @@ def test_the_replay_takes_each_point_as_the_median_of_its_repeats():
     assert costs["central"] == {"master_us": 12.0, "master_measured": {2: 14.0, 8: 10.5}}
 
 
-def test_the_master_is_granted_its_measured_share_linear_in_pods():
+def test_a_figure_measured_at_some_pod_counts_is_linear_between_them():
     sys.path.insert(0, str(LOADTEST))
     import replay
 
-    measured = {2: 1.03, 8: 1.11}
-    assert [replay.master_granted_at(measured, n) for n in (1, 2, 5, 8, 12)] == pytest.approx(
-        [1.03, 1.03, 1.07, 1.11, 1.11]
+    master_us = {2: 15.4, 4: 12.2, 8: 14.4}
+    assert [replay.at_pods(master_us, n) for n in (1, 2, 3, 4, 6, 8, 12)] == pytest.approx(
+        [15.4, 15.4, 13.8, 12.2, 13.3, 14.4, 14.4]
     )
-    assert replay.master_granted_at({}, 4) == 1.0
+    assert replay.at_pods({2: 1.03}, 8) == 1.03
