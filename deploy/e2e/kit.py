@@ -19,6 +19,7 @@ from pathlib import Path
 
 import redis
 import yaml
+from podmanize import CONFIG_VOLUME_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 E2E = REPO / "deploy/e2e"
@@ -332,13 +333,18 @@ class Watch(threading.Thread):
 
 
 def remove_pods(*prefixes):
-    """Removes the pods whose names start with one of PREFIXES, then the volumes no pod uses any more:
-    podman 4.3 makes one volume per ConfigMap, with the items of the first pod that mounts it, and the
-    next play must not inherit another overlay's items."""
+    """Removes the pods whose names start with one of PREFIXES, and the ConfigMap volumes
+    podmanize.py gave them."""
     for name in pod_names():
         if name.startswith(prefixes):
             podman("pod", "rm", "-f", "-t", "5", name, check=False)
-    podman("volume", "prune", "-f", check=False)
+    remove_volumes(tuple(CONFIG_VOLUME_PREFIX + prefix for prefix in prefixes))
+
+
+def remove_volumes(prefixes):
+    for volume in podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split():
+        if volume.startswith(prefixes):
+            podman("volume", "rm", "-f", volume, check=False)
 
 
 def pod_logs(pod, lines=15):
@@ -349,11 +355,10 @@ def teardown():
     for pod in pod_names():
         podman("pod", "rm", "-f", "-t", "5", pod, check=False)
     podman("network", "rm", "-f", NETWORK, check=False)
-    # The master's data (hostPath volumes, see podmanize.py) and the ConfigMap volumes podman made.
+    # The master's data (hostPath volumes, see podmanize.py) and the ConfigMap volumes podman made
+    # (each pod's own, and, from runs before podmanize made them so, one per ConfigMap).
     shutil.rmtree(WORK / "volumes", ignore_errors=True)
-    for volume in podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split():
-        if volume.startswith(("redis-", "read-api-", "stunnel-config")):
-            podman("volume", "rm", "-f", volume, check=False)
+    remove_volumes((CONFIG_VOLUME_PREFIX, "redis-", "read-api-", "stunnel-config"))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ Every change is something podman lacks, never a change of what the pods run
   volume of that name: the master's and the relays' `run` would hold one
   auth.conf, which each start-redis.sh rewrites. Each pod gets its own
   (POD-NAME), as on a cluster.
+- podman 4.3 makes each ConfigMap (and so each Secret) volume a named volume
+  called after the ConfigMap, shared by every pod that mounts it, and writes
+  the mounting pod's items into it at every pod's creation: a sidecar's
+  `password` (the replicas' password) and a central pod's (the API user's)
+  are one file, and a pod's containers read files another pod's creation is
+  truncating and writing again. Each pod gets a ConfigMap of its own per
+  volume (CONFIG_VOLUME_PREFIX + POD-VOLUME) holding that volume's items, as a
+  cluster projects them per pod.
 - Kinds with no podman equivalent are dropped (Namespace, Service,
   ServiceAccount, NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget,
   PodMonitor): pods on one podman network reach each other by pod name.
@@ -64,6 +72,10 @@ DROPPED = {
     "PodDisruptionBudget",
     "PodMonitor",
 }
+
+
+# The per-pod ConfigMaps (and so podman volumes) private_config_volumes makes: kit.teardown removes them.
+CONFIG_VOLUME_PREFIX = "e2e-config-"
 
 
 def pairs(items, what):
@@ -163,6 +175,32 @@ def private_empty_dirs(spec, pod_name):
             mount["name"] = names.get(mount["name"], mount["name"])
 
 
+def private_config_volumes(spec, pod_name, config_maps):
+    """Points every ConfigMap volume of the pod at a ConfigMap of its own holding the volume's
+    items (their keys become the paths): the ConfigMaps to play with the pod."""
+    private = []
+    for volume in spec.get("volumes", []):
+        source = volume.get("configMap")
+        if source is None or source["name"] not in config_maps:
+            continue  # an optional ConfigMap that is not there stays as it is
+        data = config_maps[source["name"]]
+        items = source.pop("items", None) or [{"key": key, "path": key} for key in data]
+        name = f"{CONFIG_VOLUME_PREFIX}{pod_name}-{volume['name']}"
+        for item in items:
+            if "/" in item["path"]:
+                raise SystemExit(f"podmanize: volume {volume['name']}: item path {item['path']!r} has a directory")
+            if item["key"] not in data:
+                raise SystemExit(f"podmanize: volume {volume['name']}: ConfigMap {source['name']} has no {item['key']}")
+        source["name"] = name
+        private.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "data": {item["path"]: data[item["key"]] for item in items},
+        })  # fmt: skip
+    return private
+
+
 def use_e2e_images(spec, mapping):
     for container in spec.get("initContainers", []) + spec["containers"]:
         container["image"] = e2e_image(container["image"], mapping)
@@ -236,9 +274,9 @@ def main():
             if kind == "StatefulSet" and doc["metadata"]["name"] in scales:
                 doc["spec"]["replicas"] = int(scales[doc["metadata"]["name"]])
             for item in pods_of(doc, ports, renames, args.volume_dir, services):
-                if item["kind"] == "Pod":
-                    secrets_to_config_maps(item["spec"], config_renames)
-                    expand_env(item["spec"], config_maps)
+                secrets_to_config_maps(item["spec"], config_renames)
+                expand_env(item["spec"], config_maps)
+                out += private_config_volumes(item["spec"], item["metadata"]["name"], config_maps)
                 out.append(item)
         elif kind == "ConfigMap":
             doc["metadata"].pop("namespace", None)

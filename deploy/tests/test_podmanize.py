@@ -108,3 +108,32 @@ def test_every_pod_has_its_own_empty_dirs():
                 seen[volume["name"]] = pod["metadata"]["name"]
         mounts = {m["name"] for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])}
         assert mounts <= {v["name"] for v in pod["spec"]["volumes"]}
+
+
+def test_every_pod_has_its_own_config_volumes_holding_their_items():
+    """podman 4.3 makes one volume per ConfigMap, shared by every pod that mounts it and written
+    again at each pod's creation: the sidecars' and the central pods' `password` were one file."""
+    config = REPO / "target/test-podmanize/config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("host", "port", "ca.crt", "password", "replica-password", "user")
+    config.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {k: f"{k} value" for k in keys}}
+        for name in ("redis-master", "read-api-replica")
+    ]))  # fmt: skip
+    docs = []
+    for topology in ("sidecar", "central"):
+        options = ("--replicas", "2", "--config", str(config), "--rename", f"read-api={topology}")
+        docs += podmanize(render(f"overlays/{topology}"), *options)
+    config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    mounted = {}
+    for pod in (d for d in docs if d["kind"] == "Pod"):
+        name = pod["metadata"]["name"]
+        for volume in pod["spec"]["volumes"]:
+            if "configMap" in volume:
+                source = volume["configMap"]
+                assert source["name"].startswith(f"e2e-config-{name}-") and "items" not in source, source
+                assert source["name"] not in mounted
+                mounted[source["name"]] = config_maps[source["name"]]
+    assert mounted["e2e-config-sidecar-1-master-password"] == {"password": "replica-password value"}
+    assert mounted["e2e-config-central-1-master-password"] == {"password": "password value"}
+    assert mounted["e2e-config-sidecar-0-master-ca"] == {"ca.crt": "ca.crt value"}
