@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,9 @@ import redis
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "deploy/e2e"))
+from kit import wait_for  # noqa: E402
+
 CONFIG = REPO / "deploy/config"
 USERS_FILE = CONFIG / "redis-master/acl-users.conf"
 
@@ -36,20 +40,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(what, check, deadline=20.0):
-    started = time.monotonic()
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except (OSError, redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
-            pass
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"timed out after {deadline:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Processes:
