@@ -18,7 +18,7 @@ in turn; every figure is the median of its repeats, and the report gives how
 far the repeats of each point lie apart, the bound below which no model can
 be checked.
 
-Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 2]
+Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 3]
        replay.py --report   (the report again from target/replay's records, after a change to the model)
 Output: target/replay/report.md, results.csv, calibration.csv (the steps costs came from), ladder.svg,
 throughput.svg
@@ -583,7 +583,7 @@ def main(argv=None):
     parser.add_argument("--pods", default="1,2,4,6,8")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--report", action="store_true", help="report again from target/replay, playing nothing")
     args = parser.parse_args(argv)
     if args.report:
