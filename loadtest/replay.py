@@ -356,7 +356,7 @@ class Run:
         finally:
             for pod in pods:
                 kit.podman("pod", "rm", "-f", "-t", "5", pod.name, check=False)
-            kit.remove_volumes(tuple(f"{kit.CONFIG_VOLUME_PREFIX}{pod.name}-" for pod in pods))
+            kit.remove_volumes(kit.pod_volumes(tuple(f"{pod.name}-" for pod in pods)))
 
     def rates(self, top):
         """The ladder's offered rates: --steps even steps up to TOP."""

@@ -332,13 +332,18 @@ class Watch(threading.Thread):
         return self
 
 
+def pod_volumes(prefixes):
+    """How the names of the volumes podmanize.py gives the pods named PREFIX... begin: their
+    emptyDirs (POD-VOLUME) and their ConfigMap volumes."""
+    return tuple(start for prefix in prefixes for start in (prefix, CONFIG_VOLUME_PREFIX + prefix))
+
+
 def remove_pods(*prefixes):
-    """Removes the pods whose names start with one of PREFIXES, and the ConfigMap volumes
-    podmanize.py gave them."""
+    """Removes the pods whose names start with one of PREFIXES, and their volumes."""
     for name in pod_names():
         if name.startswith(prefixes):
             podman("pod", "rm", "-f", "-t", "5", name, check=False)
-    remove_volumes(tuple(CONFIG_VOLUME_PREFIX + prefix for prefix in prefixes))
+    remove_volumes(pod_volumes(prefixes))
 
 
 def remove_volumes(prefixes):
@@ -355,10 +360,10 @@ def teardown():
     for pod in pod_names():
         podman("pod", "rm", "-f", "-t", "5", pod, check=False)
     podman("network", "rm", "-f", NETWORK, check=False)
-    # The master's data (hostPath volumes, see podmanize.py) and the ConfigMap volumes podman made
-    # (each pod's own, and, from runs before podmanize made them so, one per ConfigMap).
+    # The master's data (hostPath volumes, see podmanize.py), and the pods' volumes podman made
+    # (every ConfigMap volume: make replay's pods have names of their own).
     shutil.rmtree(WORK / "volumes", ignore_errors=True)
-    remove_volumes((CONFIG_VOLUME_PREFIX, "redis-", "read-api-", "stunnel-config"))
+    remove_volumes(pod_volumes(POD_PREFIXES) + (CONFIG_VOLUME_PREFIX,))
 
 
 if __name__ == "__main__":
