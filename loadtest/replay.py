@@ -354,9 +354,7 @@ class Run:
                 raise RuntimeError(f"{topology} {n} pods: {hits:.0f} reads came from the value cache, not Redis")
             return rows
         finally:
-            for pod in pods:
-                kit.podman("pod", "rm", "-f", "-t", "5", pod.name, check=False)
-            kit.remove_volumes(kit.pod_volumes(tuple(f"{pod.name}-" for pod in pods)))
+            kit.remove_pods(*(f"{pod.name}-" for pod in pods))
 
     def rates(self, top):
         """The ladder's offered rates: --steps even steps up to TOP."""
@@ -407,9 +405,9 @@ class Run:
         queues in its clients, not in itself). From COSTS (one repeat's), or the medians."""
         costs = costs or self.costs
         sidecar, central = costs["sidecar"], costs["central"]
-        costs = sidecar if topology == "sidecar" else central
+        own = costs[topology]
         # What each container got of its limit where it was the bottleneck, not the limit.
-        api_cores = LIMITS["api"] * costs.get("api_granted", 1.0)
+        api_cores = LIMITS["api"] * own.get("api_granted", 1.0)
         # The master at N pods: as measured at its knee at the nearest counts (master_costs);
         # measured at one pod only (a run of one pod), at that one pod's load.
         measured = central.get("master_measured")
@@ -421,12 +419,12 @@ class Run:
             api_cores=api_cores,
             replica_cores=LIMITS["redis"] * sidecar.get("redis_granted", 1.0),
             master_cores=LIMITS["master"] * master_granted,
-            api_us=costs["api_us"],
+            api_us=own["api_us"],
             replica_us=sidecar.get("redis_us", 0.0),
             master_us=master_us,
         )
-        master_bound = topology == "central" and capacity < n * api_cores * 1e6 / costs["api_us"]
-        return capacity, central.get("master_sustained", 1.0) if master_bound else costs["sustained"]
+        master_bound = topology == "central" and capacity < n * api_cores * 1e6 / own["api_us"]
+        return capacity, central.get("master_sustained", 1.0) if master_bound else own["sustained"]
 
     def held(self, topology, n):
         rows = [r for r in self.rows if r["topology"] == topology and r["pods"] == n]

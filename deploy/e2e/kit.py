@@ -256,9 +256,9 @@ def play_one(name, target, ports, *options):
     return Api(f"{name}-0", *ports)
 
 
-def pod_names():
+def pod_names(prefixes=POD_PREFIXES):
     out = podman("pod", "ps", "--format", "{{.Name}}").stdout.split()
-    return [n for n in out if n.startswith(POD_PREFIXES)]
+    return [n for n in out if n.startswith(prefixes)]
 
 
 # Where the API's replica (sidecar, relay pod or node replica) finds its own password, as its probes do.
@@ -340,9 +340,8 @@ def pod_volumes(prefixes):
 
 def remove_pods(*prefixes):
     """Removes the pods whose names start with one of PREFIXES, and their volumes."""
-    for name in pod_names():
-        if name.startswith(prefixes):
-            podman("pod", "rm", "-f", "-t", "5", name, check=False)
+    for name in pod_names(prefixes):
+        podman("pod", "rm", "-f", "-t", "5", name, check=False)
     remove_volumes(pod_volumes(prefixes))
 
 
@@ -357,13 +356,12 @@ def pod_logs(pod, lines=15):
 
 
 def teardown():
-    for pod in pod_names():
-        podman("pod", "rm", "-f", "-t", "5", pod, check=False)
+    remove_pods(*POD_PREFIXES)
     podman("network", "rm", "-f", NETWORK, check=False)
-    # The master's data (hostPath volumes, see podmanize.py), and the pods' volumes podman made
-    # (every ConfigMap volume: make replay's pods have names of their own).
+    # The master's data (hostPath volumes, see podmanize.py), and every ConfigMap volume left
+    # (make replay's pods have names of their own).
     shutil.rmtree(WORK / "volumes", ignore_errors=True)
-    remove_volumes(pod_volumes(POD_PREFIXES) + (CONFIG_VOLUME_PREFIX,))
+    remove_volumes((CONFIG_VOLUME_PREFIX,))
 
 
 if __name__ == "__main__":
