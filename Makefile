@@ -192,6 +192,10 @@ loadtest-cluster: ## The distributed vegeta ladder on a cluster: TOPOLOGY=sideca
 model: ## Predict reads/s for N pods, central vs sidecar, from the costs make bench measured.
 	@loadtest/model
 
+.PHONY: publish-results
+publish-results: ## Publish the last reports the runs wrote under target/ into loadtest/results/, with their date and commit (REPORTS=bench replay compare-topologies scale e2e; default: every one present).
+	@python3 scripts/publish_results.py $(REPORTS)
+
 ##@ End to end (podman)
 
 E2E_ENV = CONTAINERS_CONF=$(CURDIR)/deploy/e2e/containers.conf

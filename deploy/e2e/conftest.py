@@ -9,6 +9,8 @@ import secrets
 import kit
 import pytest
 
+SCALE = kit.REPO / "deploy/e2e/scale"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def podman_ready():
@@ -107,3 +109,14 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if kit.RESULTS:
         terminalreporter.write_line("\n" + kit.results_table())
+
+
+def pytest_sessionfinish(session):
+    # target/e2e/report.md, for make publish-results; make scale and make
+    # compare-topologies write reports of their own.
+    if not kit.RESULTS or any(SCALE in item.path.parents for item in session.items):
+        return
+    selection = f"`-k {session.config.option.keyword}`" if session.config.option.keyword else "every check"
+    out = kit.REPO / "target/e2e"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(f"# make e2e\n\n{os.cpu_count()} CPUs; {selection}.\n\n{kit.results_table()}\n")
