@@ -1,23 +1,17 @@
-//! The README's configuration table is what the code does: every variable the
-//! code reads is in it, and every default it states is the one `Settings`
-//! takes when the environment is empty.
+//! The configuration table (docs/configuration.md) is what the code does: every
+//! variable the code reads is in it, and every default it states is the one
+//! `Settings` takes when the environment is empty.
 
 use std::path::Path;
 
 use read_api::config::{LogFormat, Settings};
 
-const README: &str = include_str!("../../README.md");
+const DOC: &str = include_str!("../../docs/configuration.md");
 const CONFIG_SOURCE: &str = include_str!("../src/config.rs");
 
-/// `(variable, default cell)` for each row of the table under `## Configuration`.
-fn readme_rows() -> Vec<(String, String)> {
-    let section = README
-        .split("\n## Configuration\n")
-        .nth(1)
-        .expect("README.md has a ## Configuration section");
-    let section = section.split("\n## ").next().unwrap_or(section);
-    section
-        .lines()
+/// `(variable, default cell)` for each row of the page's table.
+fn documented_rows() -> Vec<(String, String)> {
+    DOC.lines()
         .filter(|line| line.starts_with("| `"))
         .map(|line| {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -42,7 +36,7 @@ fn variables_in_code() -> Vec<String> {
         .collect()
 }
 
-/// What the README's default cell must say for each variable, from `Settings` itself.
+/// What the default cell must say for each variable, from `Settings` itself.
 fn default_in_code(settings: &Settings, variable: &str) -> String {
     let seconds = |d: std::time::Duration| d.as_secs().to_string();
     let millis = |d: std::time::Duration| d.as_millis().to_string();
@@ -81,7 +75,9 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
         "REPLICA_POLL_MS" => millis(settings.replica_poll),
         "CACHE_MAX_BYTES" => settings.cache_max_bytes.to_string(),
         "CACHE_MAX_VALUE_BYTES" => settings.cache_max_value_bytes.to_string(),
-        other => panic!("README.md documents {other}, which this test does not know: add it here"),
+        other => panic!(
+            "docs/configuration.md documents {other}, which this test does not know: add it here"
+        ),
     }
 }
 
@@ -90,24 +86,27 @@ fn optional(value: Option<impl std::fmt::Display>) -> String {
 }
 
 #[test]
-fn the_readme_configuration_table_lists_every_variable_the_code_reads() {
-    let documented: Vec<String> = readme_rows().into_iter().map(|(name, _)| name).collect();
+fn the_configuration_table_lists_every_variable_the_code_reads() {
+    let documented: Vec<String> = documented_rows()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     let read = variables_in_code();
     assert!(read.len() > 10, "found only {read:?} in RawSettings");
     assert_eq!(
         documented, read,
-        "README.md's table against RawSettings, in order"
+        "docs/configuration.md's table against RawSettings, in order"
     );
 }
 
 #[test]
-fn the_readme_configuration_table_states_the_defaults_the_code_takes() {
+fn the_configuration_table_states_the_defaults_the_code_takes() {
     let settings = Settings::from_vars(Vec::<(String, String)>::new()).expect("defaults are valid");
-    for (variable, documented) in readme_rows() {
+    for (variable, documented) in documented_rows() {
         assert_eq!(
             documented,
             default_in_code(&settings, &variable),
-            "README.md's default for {variable}"
+            "docs/configuration.md's default for {variable}"
         );
     }
 }
