@@ -1,7 +1,7 @@
-"""README.md and docs/ stay runnable as written: the README is short, every
-`make` target and every variable they name is real, every metric is one the
-API declares, every link and repository path resolves, and the results index
-is what `make publish-results` writes. (The configuration table is checked
+"""README.md, docs/ and the other READMEs stay runnable as written: the README
+is short, every `make` target and every variable they name is real, every
+metric is one the API declares, every link and repository path resolves, and
+the results index is what `make publish-results` writes. (The configuration table is checked
 against the code by api/tests/readme.rs.)"""
 
 import re
@@ -15,8 +15,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PUBLISH = REPO / "scripts/publish_results.py"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-# Pages other than README.md and docs/ whose commands and links are checked too.
-ALSO = [REPO / "loadtest/results/README.md"]
+# The other READMEs, checked the same way.
+ALSO = [
+    REPO / "loadtest/results/README.md",
+    REPO / "loadtest/README.md",
+    REPO / "deploy/e2e/README.md",
+    *sorted((REPO / "deploy/components").glob("*/README.md")),
+]
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
@@ -131,7 +136,7 @@ def test_every_relative_link_and_anchor_resolves(path):
     assert not broken, f"{page_id(path)}: broken links {broken}"
 
 
-@pytest.mark.parametrize("path", DOCS, ids=page_id)
+@pytest.mark.parametrize("path", DOCS + ALSO, ids=page_id)
 def test_every_repository_path_named_exists(path):
     named = {span.rstrip("/") for span in code(path) if REPO_PATH.match(span)}
     missing = sorted(p for p in named if not (REPO / p).exists())

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import size  # noqa: E402
 
 MI = 1024 * 1024
-# The size the shipped manifests are set for (README, "Sizing").
+# The size the shipped manifests are set for (docs/sizing.md).
 DEFAULT = {"dataset": 256 * MI, "pods": 12, "egress_mbps": 1000, "writes_mbps": 0.2}
 
 
