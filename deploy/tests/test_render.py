@@ -84,7 +84,7 @@ def test_no_version_is_written_outside_its_home():
 
 
 def user_kustomization(tmp_path, overlay, components):
-    """A kustomization of a user's own, as the README shows: no namespace field of its own."""
+    """A kustomization of a user's own, as docs/deploy.md shows: no namespace field of its own."""
     rel = lambda path: os.path.relpath(REPO / "deploy" / path, tmp_path)  # noqa: E731
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump({"resources": [rel(overlay)], "components": [rel(f"components/{c}") for c in components]})
