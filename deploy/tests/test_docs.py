@@ -86,6 +86,12 @@ def test_the_command_parser_reads_the_readme():
     assert {"demo", "test", "deploy-sidecar", "undeploy", "PURGE=1"} <= named, named
 
 
+def test_the_readme_links_every_page_of_docs():
+    linked = {(REPO / target).resolve() for target in LINK.findall((REPO / "README.md").read_text())}
+    unlinked = sorted(page_id(page) for page in DOCS[1:] if page.resolve() not in linked)
+    assert not unlinked, f"README.md links no {unlinked}: add a row to its Documentation table"
+
+
 def test_the_readme_stays_within_300_lines():
     lines = (REPO / "README.md").read_text().count("\n")
     assert lines <= 300, f"README.md has {lines} lines; move detail into docs/"
