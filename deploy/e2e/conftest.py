@@ -6,8 +6,15 @@ printed as a table after the run."""
 import os
 import secrets
 
-import kit
 import pytest
+
+from deploy.e2e import kit
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if kit.E2E in item.path.parents:
+            item.add_marker(pytest.mark.podman)
 
 
 @pytest.fixture(scope="session", autouse=True)
