@@ -6,10 +6,17 @@ printed as a table after the run."""
 import os
 import secrets
 
-import kit
 import pytest
 
+from deploy.e2e import kit
+
 SCALE = kit.REPO / "deploy/e2e/scale"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if kit.E2E in item.path.parents:
+            item.add_marker(pytest.mark.podman)
 
 
 @pytest.fixture(scope="session", autouse=True)

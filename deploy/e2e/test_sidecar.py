@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import time
 
-import kit
+from deploy.e2e import kit
 
 
 def test_every_pod_serves_known_key(master, pods, summary):

@@ -2,20 +2,19 @@
 dashboard's queries (promtool), the exporters and heartbeat writers in the
 rendered manifests, and the Datadog annotations."""
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from test_manifests import conf_lines
+
+from deploy.tests.test_manifests import conf_lines
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -218,10 +217,9 @@ def test_every_alert_says_what_and_how_bad():
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("prometheus_rule", MONITORING / "prometheus_rule.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from deploy.monitoring import prometheus_rule
+
+    return prometheus_rule
 
 
 def test_the_prometheus_rule_is_the_rule_file():
@@ -405,8 +403,7 @@ def assert_password_map(spec, exporter, secret, addresses):
     assert volume["secret"]["secretName"] == secret
     [item] = volume["secret"]["items"]
     assert (item["key"], item["path"]) == ("exporter-passwords.json", Path(path).name)
-    sys.path.insert(0, str(REPO / "deploy/e2e"))
-    import kit
+    from deploy.e2e import kit
 
     assert list(json.loads(kit.exporter_passwords("pw", *addresses))) == addresses
     script = subprocess.run(

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts import size
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-import size  # noqa: E402
 
 MI = 1024 * 1024
 # The size the shipped manifests are set for (docs/sizing.md).
