@@ -2,7 +2,12 @@
 the probes are written once, in deploy/parts, and every workload that runs
 them gets them from there."""
 
+import os
+import secrets
+import shutil
+import socket
 import subprocess
+import time
 from functools import cache
 from pathlib import Path
 
@@ -109,3 +114,85 @@ def test_every_stunnel_is_the_part(target):
         if c["name"] == "stunnel":
             differs = {k for k in set(c) | set(part) if c.get(k) != part.get(k)} - {"image", "restartPolicy"}
             assert differs <= {"lifecycle", "resources"}, f"{workload}: stunnel differs from the part in {differs}"
+
+
+# --- the replica's probes, run against real redis-servers ----------------------
+
+
+def part_probe(part, probe):
+    doc = yaml.safe_load((DEPLOY / f"parts/{part}/{part}.yaml").read_text())
+    [c] = doc["spec"]["template"]["spec"]["containers"]
+    return c[probe]["exec"]["command"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, what, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+class Server:
+    """A redis-server on a free loopback port with a password in a file, as the pods' replica runs."""
+
+    def __init__(self, path, *args):
+        self.port, self.password = free_port(), secrets.token_hex(8)
+        self.password_file = path / f"password-{self.port}"
+        self.password_file.write_text(self.password)
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        command += ["no", "--dir", str(path), "--requirepass", self.password, *args]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_until(lambda: self.cli("ping") == "PONG", f"redis-server on {self.port}")
+
+    def cli(self, *args):
+        env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": self.password}
+        result = subprocess.run(["redis-cli", "-p", str(self.port), *args], env=env, capture_output=True, text=True)
+        return result.stdout.strip()
+
+    def probe(self, part, probe, password_file=None):
+        """The part's probe as the kubelet runs it in the container; the pod's replica listens on
+        6379, this one on its own port."""
+        sh, flag, script = part_probe(part, probe)
+        script = script.replace("redis-cli -h 127.0.0.1", f"redis-cli -h 127.0.0.1 -p {self.port}")
+        env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(password_file or self.password_file)}
+        return subprocess.run([sh, flag, script], env=env, capture_output=True, timeout=10).returncode == 0
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is missing (make deps)")
+    started = []
+    yield lambda *args: started.append(Server(tmp_path, *args)) or started[-1]
+    for server in started:
+        server.stop()
+
+
+def test_the_replica_probes_on_real_servers(servers, tmp_path):
+    master = servers()
+    replica = servers("--replicaof", "127.0.0.1", str(free_port()), "--masterauth", master.password)
+    # No master yet: alive, and ready for a pod that reads its own replica (the API's readiness
+    # waits for the sync); not for the pods behind a Service.
+    assert replica.probe("redis-replica", "livenessProbe")
+    assert replica.probe("redis-replica", "readinessProbe")
+    assert not replica.probe("shared-replica", "readinessProbe")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password")
+    assert not replica.probe("redis-replica", "livenessProbe", wrong), "a wrong password must fail the probe"
+    assert not replica.probe("redis-replica", "readinessProbe", wrong)
+    # Following the master, with data from it: ready behind a Service too.
+    replica.cli("replicaof", "127.0.0.1", str(master.port))
+    wait_until(lambda: "master_link_status:up" in replica.cli("info", "replication"), "the replica's sync")
+    master.cli("set", "known-key", "v")
+    wait_until(lambda: replica.probe("shared-replica", "readinessProbe"), "the shared replica's readiness")
+    assert replica.cli("get", "known-key") == "v"
