@@ -86,6 +86,10 @@ test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1
 	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
 	.venv/bin/pytest -q deploy/tests
 
+.PHONY: golden
+golden: venv ## Write deploy/tests/golden/ again from today's renders, after an intended change of deploy/; review its diff.
+	GOLDEN_UPDATE=1 .venv/bin/pytest -q deploy/tests/test_golden.py
+
 ##@ Local topology
 
 .PHONY: demo
