@@ -6,8 +6,8 @@ use std::path::Path;
 
 use read_api::config::{LogFormat, Settings};
 
-const README: &str = include_str!("../../README.md");
-const CONFIG_SOURCE: &str = include_str!("../src/config.rs");
+const README: &str = include_str!("../../../README.md");
+const CONFIG_SOURCE: &str = include_str!("../../src/config.rs");
 
 /// `(variable, default cell)` for each row of the table under `## Configuration`.
 fn readme_rows() -> Vec<(String, String)> {

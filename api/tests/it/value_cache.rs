@@ -3,15 +3,14 @@
 //! tracking connection killed, a frozen Redis, ACLs without tracking, and a
 //! randomized run that counts stale reads.
 
-mod support;
-
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use fred::prelude::*;
-use support::{topology::Topology, wait_for, RedisServer, TestApp};
+
+use crate::support::{self, topology::Topology, wait_for, RedisServer, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 

@@ -1,10 +1,9 @@
 //! HTTP caching on both routes: strong ETags, 304 on If-None-Match,
 //! Cache-Control, and HEAD.
 
-mod support;
-
 use reqwest::{Method, StatusCode};
-use support::{RedisServer, TestApp};
+
+use crate::support::{RedisServer, TestApp};
 
 const ONE: &str = "/v1/keys/k";
 const BATCH: &str = "/v1/keys?key=k&key=other";

@@ -3,11 +3,9 @@
 //! `READ_API_FAULT` and `SIGUSR1` (see `read_api::fault`), which only debug
 //! builds, such as this test's binary, honour.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{signal, wait_for, ApiProcess, RedisServer};
+use crate::support::{signal, wait_for, ApiProcess, RedisServer};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
