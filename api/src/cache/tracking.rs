@@ -66,6 +66,8 @@ pub async fn run(store: StoreConfig, cache: Arc<ValueCache>, prefix: String) {
     let mut last_problem = String::new();
     loop {
         let session = tokio::spawn(session(store.clone(), cache.clone(), prefix.clone()));
+        // Aborting this task (at shutdown) must end the session too.
+        let _abort_session = AbortOnDrop(session.abort_handle());
         let problem = match session.await {
             Ok(Ok(why)) => {
                 backoff = Duration::from_millis(50);
