@@ -120,3 +120,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     chain
 }
+
+/// How a task ended when it should not have: its panic message, without the
+/// task id that would make every report of the same fault distinct.
+pub fn task_end(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("panicked: {message}")
+}

@@ -2,7 +2,8 @@
 //!
 //! Data flows one way through the modules:
 //! - [`config`]: the environment, parsed and validated once at start.
-//! - [`startup`]: builds the public and admin servers, and shuts them down.
+//! - [`startup`]: builds the public and admin servers, watches them and the
+//!   background tasks, and shuts them down.
 //! - [`routes`]: the public route table (`/v1/keys`), one file per resource,
 //!   with HTTP caching (ETag, 304) and request ids.
 //! - [`store`]: the Redis side of a request: connection pool, timeouts, size
@@ -13,11 +14,13 @@
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own listener.
 //! - [`metrics`] and [`telemetry`]: Prometheus names and the tracing subscriber.
 //! - [`error`]: every failure mapped to an HTTP status and a stable JSON body.
+//! - [`fault`]: failures the supervision tests inject (debug builds only).
 
 pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod metrics;
 pub mod replica;
 pub mod routes;

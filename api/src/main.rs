@@ -17,7 +17,8 @@ fn main() -> ExitCode {
     telemetry::init(settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // Request work runs on the HTTP workers' own threads; this runtime
-        // only hosts the replica monitor, the admin server and signals.
+        // only hosts the replica monitor, the tracking connection, the admin
+        // server and signals.
         .worker_threads(1)
         .enable_all()
         .build()
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
         match app.run_until(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "server failed");
+                tracing::error!(error = %e, "exiting");
                 ExitCode::FAILURE
             }
         }

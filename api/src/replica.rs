@@ -17,6 +17,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::{
     cache::ValueCache,
+    fault,
     metrics::Metrics,
     store::{Store, WorkerPools},
 };
@@ -290,8 +291,12 @@ pub async fn monitor(
     let mut last_verdict = Err(NotReady::Starting);
     let mut ticks = tokio::time::interval(settings.every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut fault = std::pin::pin!(fault::fired(fault::Task::ReplicaMonitor));
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut fault => panic!("injected fault in the replica monitor"),
+        }
         let poll = match store.info(&["server", "replication", "persistence"]).await {
             Ok(info) => {
                 let mut status = RedisStatus::parse(&info);

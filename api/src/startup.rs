@@ -9,12 +9,14 @@ use actix_web::{
     middleware::{from_fn, Next},
     App, Error, HttpServer,
 };
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::{
     admin::{self, AdminState},
     cache::{self, ValueCache},
     config::{ConfigError, Settings},
+    error::task_end,
+    fault,
     metrics::Metrics,
     replica::{self, MonitorSettings, Readiness},
     routes::{self, Limits, PublicState},
@@ -42,6 +44,7 @@ pub struct Application {
     readiness: Readiness,
     monitor: JoinHandle<()>,
     tracking: Option<JoinHandle<()>>,
+    cache: Option<Arc<ValueCache>>,
     shutdown_delay: Duration,
     shutdown_grace: Duration,
 }
@@ -139,7 +142,7 @@ impl Application {
             value_cache.clone(),
             store_config.worker_pools(),
         ));
-        let tracking = value_cache.map(|value_cache| {
+        let tracking = value_cache.clone().map(|value_cache| {
             tokio::spawn(cache::tracking::run(
                 store_config.clone(),
                 value_cache,
@@ -154,6 +157,7 @@ impl Application {
             readiness,
             monitor,
             tracking,
+            cache: value_cache,
             shutdown_delay: settings.shutdown_delay,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -171,16 +175,76 @@ impl Application {
     /// the public listener keeps serving for `SHUTDOWN_DELAY_SECONDS`, then
     /// stops accepting, and requests in flight get up to
     /// `SHUTDOWN_GRACE_SECONDS` to finish.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    ///
+    /// Every long-lived task is awaited here, as a server and its workers are
+    /// in zero2prod's `main`: if one ends first, the process drains the same
+    /// way (without the public server, when that is what ended) and returns
+    /// [`RunError::TaskEnded`] naming it, for a non-zero exit and a restart by
+    /// the kubelet. The tracking connection is the exception: it restarts its
+    /// own sessions, panics included (see [`cache::tracking::run`]).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let public_handle = self.public.handle();
         let admin_handle = self.admin.handle();
         let mut public = tokio::spawn(self.public);
-        let admin = tokio::spawn(self.admin);
-        tokio::select! {
-            () = shutdown => {}
-            finished = &mut public => {
-                stop_background(&self.monitor, self.tracking.as_ref());
-                return finished.map_err(io::Error::other)?;
+        let mut admin = tokio::spawn(self.admin);
+        let mut monitor = self.monitor;
+        let mut tracking = self.tracking;
+        if cfg!(debug_assertions) {
+            for (task, handle) in [
+                (fault::Task::PublicServer, public_handle.clone()),
+                (fault::Task::AdminListener, admin_handle.clone()),
+            ] {
+                tokio::spawn(async move {
+                    fault::fired(task).await;
+                    handle.stop(false).await;
+                });
+            }
+        }
+        let ended = tokio::select! {
+            () = shutdown => None,
+            // Nothing left to serve: stop at once.
+            ended = &mut public => Some((Task::PublicServer, server_end(ended))),
+            // Probes and metrics are gone, and the kubelet would restart the
+            // container only once liveness had failed long enough, giving no reason.
+            ended = &mut admin => Some((Task::AdminListener, server_end(ended))),
+            // Readiness, the replica gauges and the cache's resync flush all
+            // come from it. Restarted in place, a monitor that keeps failing
+            // would leave an unready pod that nothing restarts; exiting shows
+            // in the restart count (and CrashLoopBackOff), and costs little:
+            // the replica keeps its data in its own container.
+            ended = &mut monitor => Some((Task::ReplicaMonitor, background_end(ended))),
+            // Its sessions are restarted within: this is their supervisor ending.
+            ended = async {
+                match tracking.as_mut() {
+                    Some(tracking) => tracking.await,
+                    None => std::future::pending().await,
+                }
+            } => Some((Task::Tracking, background_end(ended))),
+        };
+        let failure = ended.map(|(task, problem)| {
+            tracing::error!(
+                task = task.name(),
+                problem = %problem,
+                "a supervised task ended; stopping the process"
+            );
+            RunError::TaskEnded { task, problem }
+        });
+        let failed = failure.as_ref().and_then(RunError::task);
+        if failed == Some(Task::PublicServer) {
+            admin_handle.stop(false).await;
+            stop_background(&monitor, tracking.as_ref());
+            return Err(failure.expect("a failure"));
+        }
+        if failed.is_some() {
+            // Nothing may keep the cache serving while draining: neither a
+            // tracking session that outlived its supervisor nor a cache whose
+            // resyncs no monitor reports any more.
+            if let Some(tracking) = tracking.take() {
+                tracking.abort();
+                let _ = tracking.await;
+            }
+            if let Some(cache) = &self.cache {
+                cache.stop_serving();
             }
         }
         tracing::info!(
@@ -194,19 +258,88 @@ impl Application {
         // closing the listener now would refuse them.
         tokio::select! {
             () = tokio::time::sleep(self.shutdown_delay) => {}
-            finished = &mut public => {
-                stop_background(&self.monitor, self.tracking.as_ref());
-                return finished.map_err(io::Error::other)?;
+            ended = &mut public => {
+                stop_background(&monitor, tracking.as_ref());
+                return Err(failure.unwrap_or(RunError::TaskEnded {
+                    task: Task::PublicServer,
+                    problem: server_end(ended),
+                }));
             }
         }
         tracing::info!("no longer accepting connections; draining");
+        let admin_runs = failed != Some(Task::AdminListener);
         public_handle.stop(true).await;
-        admin_handle.stop(true).await;
-        stop_background(&self.monitor, self.tracking.as_ref());
-        public.await.map_err(io::Error::other)??;
-        admin.await.map_err(io::Error::other)??;
+        if admin_runs {
+            admin_handle.stop(true).await;
+        }
+        stop_background(&monitor, tracking.as_ref());
+        let public = public.await.map_err(io::Error::other).and_then(|r| r);
+        let admin = match admin_runs {
+            true => admin.await.map_err(io::Error::other).and_then(|r| r),
+            false => Ok(()),
+        };
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        public?;
+        admin?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The long-lived tasks [`Application::run_until`] watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    PublicServer,
+    AdminListener,
+    ReplicaMonitor,
+    Tracking,
+}
+
+impl Task {
+    /// Its name in log lines and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PublicServer => "public server",
+            Self::AdminListener => "admin listener",
+            Self::ReplicaMonitor => "replica monitor",
+            Self::Tracking => "tracking connection",
+        }
+    }
+}
+
+/// Why [`Application::run_until`] stopped, when no shutdown was asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the {} ended: {problem}", task.name())]
+    TaskEnded { task: Task, problem: String },
+    #[error("draining the servers: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl RunError {
+    /// The task whose end stopped the process.
+    pub fn task(&self) -> Option<Task> {
+        match self {
+            Self::TaskEnded { task, .. } => Some(*task),
+            Self::Io(_) => None,
+        }
+    }
+}
+
+fn server_end(ended: Result<io::Result<()>, JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => "it stopped on its own".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => task_end(e),
+    }
+}
+
+fn background_end(ended: Result<(), JoinError>) -> String {
+    match ended {
+        Ok(()) => "it returned".to_owned(),
+        Err(e) => task_end(e),
     }
 }
 

@@ -35,7 +35,11 @@ use fred::{
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ValueCache;
-use crate::{error::error_chain, store::StoreConfig};
+use crate::{
+    error::{error_chain, task_end},
+    fault,
+    store::StoreConfig,
+};
 
 /// The connection's name in `CLIENT LIST`, to find it (and kill it, in tests).
 pub const CLIENT_NAME: &str = "read-api-tracking";
@@ -52,20 +56,30 @@ impl Drop for AbortOnDrop {
 }
 
 /// Keeps a tracking connection up until the process ends, feeding `cache`.
+///
+/// This is the supervisor of the sessions: each runs as a task of its own, so
+/// that one that panics ends like one whose connection closed (the cache off
+/// at once, then a new session after the backoff), instead of taking the
+/// invalidations down for good while the cache keeps serving.
 pub async fn run(store: StoreConfig, cache: Arc<ValueCache>, prefix: String) {
     let mut backoff = Duration::from_millis(50);
     let mut last_problem = String::new();
     loop {
-        let problem = match session(&store, &cache, &prefix).await {
-            Ok(why) => {
+        let session = tokio::spawn(session(store.clone(), cache.clone(), prefix.clone()));
+        // Aborting this task (at shutdown) must end the session too.
+        let _abort_session = AbortOnDrop(session.abort_handle());
+        let problem = match session.await {
+            Ok(Ok(why)) => {
                 backoff = Duration::from_millis(50);
                 why
             }
-            Err(e) => error_chain(&e),
+            Ok(Err(e)) => error_chain(&e),
+            Err(e) => {
+                let why = format!("the tracking session {}", task_end(e));
+                tracing::error!(task = "tracking", problem = %why, "restarting the tracking connection");
+                why
+            }
         };
-        if cache.is_serving() {
-            cache.stop_serving();
-        }
         // Said once per distinct problem: a Redis that refuses CLIENT
         // TRACKING (an ACL without it) would otherwise log every retry.
         if problem != last_problem {
@@ -77,16 +91,32 @@ pub async fn run(store: StoreConfig, cache: Arc<ValueCache>, prefix: String) {
     }
 }
 
+/// Stops the cache serving when a session ends, however it ends: unwinding
+/// from a panic included, before anything else runs.
+struct StopServingOnDrop<'a>(&'a ValueCache);
+
+impl Drop for StopServingOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.is_serving() {
+            self.0.stop_serving();
+        }
+    }
+}
+
 /// One connection, from connecting to its end; `Ok` says why it ended.
 async fn session(
-    store: &StoreConfig,
-    cache: &ValueCache,
-    prefix: &str,
+    store: StoreConfig,
+    cache: Arc<ValueCache>,
+    prefix: String,
 ) -> Result<String, fred::error::Error> {
     let client = store.tracking_client();
     // Subscribed before anything is sent, so that no message can be missed.
     let mut invalidations = client.invalidation_rx();
     let mut connection = client.connect();
+    // A panic skips the cleanup at the end: these still close the connection
+    // (which ends its tracking in Redis) and turn the cache off.
+    let _close = AbortOnDrop(connection.abort_handle());
+    let stop_serving = StopServingOnDrop(&cache);
     let result = async {
         tokio::time::timeout(
             store.timeout().max(Duration::from_secs(1)),
@@ -106,7 +136,7 @@ async fn session(
             "BCAST".into(),
         ];
         if !prefix.is_empty() {
-            args.extend(["PREFIX".into(), prefix.into()]);
+            args.extend(["PREFIX".into(), prefix.as_str().into()]);
         }
         client
             .custom::<RedisValue, _>(
@@ -132,8 +162,10 @@ async fn session(
             }
         });
         let _stop_pinger = AbortOnDrop(pinger.abort_handle());
+        let mut fault = std::pin::pin!(fault::fired(fault::Task::Tracking));
         loop {
             tokio::select! {
+                () = &mut fault => panic!("injected fault in the tracking session"),
                 message = invalidations.recv() => match message {
                     // A null key list: Redis dropped everything.
                     Ok(invalidation) if invalidation.keys.is_empty() => cache.flush("redis_flush"),
@@ -160,9 +192,7 @@ async fn session(
     }
     .await;
     // Whatever ended the session, invalidations stop here.
-    if cache.is_serving() {
-        cache.stop_serving();
-    }
+    drop(stop_serving);
     connection.abort();
     let _ = tokio::time::timeout(Duration::from_millis(200), client.quit()).await;
     result

@@ -1,9 +1,8 @@
 //! The public routes against a real Redis: every status and the batch route.
 
-mod support;
-
 use serde_json::json;
-use support::{Certs, RedisServer, TestApp};
+
+use crate::support::{Certs, RedisServer, TestApp};
 
 #[tokio::test]
 async fn reads_a_string_value() {

@@ -1,10 +1,8 @@
 //! Hostile input while Redis is healthy: never a 5xx, never a panic, never a hang.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{RedisServer, TestApp};
+use crate::support::{RedisServer, TestApp};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

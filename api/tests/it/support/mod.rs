@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use read_api::{config::Settings, startup::Application};
+use read_api::{
+    config::Settings,
+    startup::{Application, RunError},
+};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -280,7 +283,7 @@ pub struct TestApp {
     pub admin: String,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    done: Option<tokio::task::JoinHandle<Result<(), RunError>>>,
 }
 
 impl TestApp {
@@ -517,6 +520,33 @@ impl ApiProcess {
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// The value of one unlabelled metric line; `None` also when the admin listener is gone.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .ok()?;
+        metric_value(&response.text().await.ok()?, name)
+    }
+
+    /// The text value of `GET /v1/keys/{key}`, if it answered one.
+    pub async fn value(&self, key: &str) -> Option<String> {
+        let body: serde_json::Value = self
+            .get(&format!("/v1/keys/{key}"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        body["value"].as_str().map(str::to_owned)
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// Waits for the process to exit and returns its status.

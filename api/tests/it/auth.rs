@@ -1,9 +1,7 @@
 //! The API logs in with a password read from a file (`REDIS_PASSWORD_FILE`), as
 //! a Secret mounted as a file gives it, on a real password-protected Redis.
 
-mod support;
-
-use support::{RedisServer, TestApp};
+use crate::support::{RedisServer, TestApp};
 
 fn password_file(dir: &tempfile::TempDir, password: &str) -> String {
     let path = dir.path().join("password");

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use read_api::config::{LogFormat, Settings};
 
-const DOC: &str = include_str!("../../docs/configuration.md");
-const CONFIG_SOURCE: &str = include_str!("../src/config.rs");
+const DOC: &str = include_str!("../../../docs/configuration.md");
+const CONFIG_SOURCE: &str = include_str!("../../src/config.rs");
 
 /// `(variable, default cell)` for each row of the page's table.
 fn documented_rows() -> Vec<(String, String)> {

@@ -1,11 +1,9 @@
 //! The local topology from `scripts/local-topology.sh` (the one `make demo`
 //! and `make bench` run): TLS master, stunnel client, replica, and this API.
 
-mod support;
-
 use std::{path::Path, process::Command, time::Duration};
 
-use support::{repo_root, topology::Topology, wait_for, Certs};
+use crate::support::{self, repo_root, topology::Topology, wait_for, Certs};
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

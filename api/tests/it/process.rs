@@ -1,13 +1,11 @@
 //! The real binary: configuration errors before serving, and draining on SIGTERM.
 
-mod support;
-
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use support::{free_port, signal, wait_for, ApiProcess, RedisServer};
+use crate::support::{free_port, signal, wait_for, ApiProcess, RedisServer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -1,8 +1,6 @@
 //! Hostile sizes in Redis cannot take the API's memory: values over the limits
 //! are refused inside Redis, so they never cross the wire.
 
-mod support;
-
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -11,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{ApiProcess, RedisServer};
+use crate::support::{ApiProcess, RedisServer};
 
 const MIB: u64 = 1 << 20;
 /// The container's memory limit in deploy/base.

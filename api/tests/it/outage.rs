@@ -1,11 +1,10 @@
 //! Redis loss, slowness and return: 503 with Retry-After within the timeout, then recovery.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use read_api::{config::Settings, metrics::Metrics, store::StoreConfig};
-use support::{wait_for, RedisServer, TestApp};
+
+use crate::support::{self, wait_for, RedisServer, TestApp};
 
 #[tokio::test]
 async fn redis_down_is_a_fast_503_and_its_return_is_noticed() {

@@ -1,11 +1,9 @@
 //! Readiness with a real replica: it gates on the first full sync, then
 //! prefers stale reads to no reads.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{free_port, wait_for, RedisServer, TestApp};
+use crate::support::{self, free_port, wait_for, RedisServer, TestApp};
 
 fn replica_of(master_port: u16) -> RedisServer {
     RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port.to_string()])
