@@ -1,22 +1,54 @@
 #!/usr/bin/env bash
-# Builds target/x86_64-unknown-linux-musl/release/read-api: a static binary for
-# FROM-scratch images. Installs the musl target and musl-tools when missing.
+# Builds target/<rust target>/release/read-api for each architecture asked: a
+# static (musl) binary for the FROM-scratch image.
+#
+#   ARCHS   amd64, arm64 or both, space- or comma-separated (default: amd64 arm64)
+#
+# Installs the Rust target and the C toolchain when missing: ring compiles C and
+# assembly for the target (musl-gcc for amd64; Debian's aarch64 cross gcc for
+# arm64, which also links: the musl target brings its own C library and start
+# files, so a glibc cross gcc is enough).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-target=x86_64-unknown-linux-musl
-main() {
+
+# rust_target ARCH: the Rust target of a Go-style architecture name (podman's --platform).
+rust_target() {
+    case $1 in
+        amd64) echo x86_64-unknown-linux-musl ;;
+        arm64) echo aarch64-unknown-linux-musl ;;
+        *) echo "build-static: ARCHS takes amd64 and arm64, not '$1'" >&2; return 1 ;;
+    esac
+}
+
+build() {
+    local arch=$1 target cc
+    target=$(rust_target "$arch")
     if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
         echo "build-static: adding the Rust target $target"
         rustup target add "$target"
     fi
-    if ! command -v musl-gcc >/dev/null; then
-        # ring compiles C and assembly for the target: it needs the musl C toolchain.
-        "$repo/scripts/install-deps.sh" musl-gcc
-    fi
-    cd "$repo"
-    CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" -p read-api
-    echo "build-static: $(du -h "target/$target/release/read-api" | cut -f1) target/$target/release/read-api"
+    case $arch in
+        amd64) cc=musl-gcc ;;
+        arm64) cc=aarch64-linux-gnu-gcc ;;
+    esac
+    command -v "$cc" >/dev/null || "$repo/scripts/install-deps.sh" "$cc"
+    local var=${target//-/_}
+    env "CC_$var=$cc" "CARGO_TARGET_${var^^}_LINKER=$cc" \
+        cargo build --release --locked --target "$target" -p read-api
+    local binary="target/$target/release/read-api"
+    echo "build-static: $(du -h "$binary" | cut -f1) $binary"
+    command -v file >/dev/null && file "$binary"
+    return 0
 }
 
+main() {
+    cd "$repo"
+    local arch
+    for arch in ${ARCHS//,/ }; do
+        build "$arch"
+    done
+}
+
+ARCHS=${ARCHS:-amd64 arm64}
 main "$@"
