@@ -2,7 +2,7 @@
 # Builds target/<rust target>/release/read-api for each architecture asked: a
 # static (musl) binary for the FROM-scratch image.
 #
-#   ARCHS   amd64, arm64 or both, space- or comma-separated (default: amd64 arm64)
+#   ARCHS   amd64, arm64 or both, space- or comma-separated (default: this machine's)
 #
 # Installs the Rust target and the C toolchain when missing: ring compiles C and
 # assembly for the target (musl-gcc for amd64; Debian's aarch64 cross gcc for
@@ -36,10 +36,12 @@ build() {
     local var=${target//-/_}
     env "CC_$var=$cc" "CARGO_TARGET_${var^^}_LINKER=$cc" \
         cargo build --release --locked --target "$target" -p read-api
+    # Where api/Containerfile.prebuilt finds it for each --platform (TARGETARCH).
     local binary="target/$target/release/read-api"
-    echo "build-static: $(du -h "$binary" | cut -f1) $binary"
-    command -v file >/dev/null && file "$binary"
-    return 0
+    mkdir -p "target/static/$arch"
+    cp -f "$binary" "target/static/$arch/read-api"
+    echo "build-static: $(du -h "$binary" | cut -f1) $binary, copied to target/static/$arch/read-api"
+    if command -v file >/dev/null; then file "target/static/$arch/read-api"; fi
 }
 
 main() {
@@ -50,5 +52,13 @@ main() {
     done
 }
 
-ARCHS=${ARCHS:-amd64 arm64}
+# This machine's architecture unless told: the e2e and a plain make static need no other.
+host_arch() {
+    case $(uname -m) in
+        aarch64 | arm64) echo arm64 ;;
+        *) echo amd64 ;;
+    esac
+}
+
+ARCHS=${ARCHS:-$(host_arch)}
 main "$@"

@@ -178,6 +178,7 @@ def test_make_images_records_the_digests_it_pushed(tmp_path):
         "IMAGE_REGISTRY": "reg/t",
         "IMAGE_TAG": "9.9.9",
         "PUSHED_DIGESTS": str(digests),
+        "IMAGES_RECORD": str(tmp_path / "registry"),
     }
     result = subprocess.run(["bash", "scripts/images.sh"], cwd=REPO, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -198,6 +199,7 @@ def test_make_images_records_the_digests_it_pushed(tmp_path):
                 "IMAGE_REGISTRY": "reg/t",
                 "IMAGE_TAG": tag,
                 "PUSHED_DIGESTS": str(digests),
+                "IMAGES_RECORD": "/nonexistent",
             },
         ).stdout
         return set(re.findall(r"image: (\S+)", out))
