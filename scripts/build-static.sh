@@ -6,8 +6,8 @@
 #
 # Installs the Rust target and the C toolchain when missing: ring compiles C and
 # assembly for the target (musl-gcc for amd64; Debian's aarch64 cross gcc for
-# arm64, which also links: the musl target brings its own C library and start
-# files, so a glibc cross gcc is enough).
+# arm64, with its C headers, which also links: the musl target brings its own C
+# library and start files, so a glibc cross gcc is enough).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +33,8 @@ build() {
         arm64) cc=aarch64-linux-gnu-gcc ;;
     esac
     command -v "$cc" >/dev/null || "$repo/scripts/install-deps.sh" "$cc"
+    # The cross gcc's C headers (ring includes stdint.h): a package of their own.
+    [[ $arch != arm64 ]] || "$repo/scripts/install-deps.sh" pkg:libc6-dev-arm64-cross
     local var=${target//-/_}
     env "CC_$var=$cc" "CARGO_TARGET_${var^^}_LINKER=$cc" \
         cargo build --release --locked --target "$target" -p read-api

@@ -57,7 +57,7 @@ render() {
     local dir
     case $1 in
         sidecar | central | relay | node-local) dir=overlays/$1 ;;
-        master | namespace) dir=$1 ;;
+        master | namespace | doctor) dir=$1 ;;
         *) die "render takes sidecar, central, relay, node-local or master, not '$1'" ;;
     esac
     local work="$repo/target/deploy/$1"
@@ -65,7 +65,7 @@ render() {
     mkdir -p "$work"
     command -v envsubst >/dev/null || "$repo/scripts/install-deps.sh" envsubst
     local components=() name path
-    if [[ $1 != namespace ]]; then
+    if [[ $1 != namespace && $1 != doctor ]]; then
         [[ $1 == master && ${CERT_MANAGER:-0} == 1 ]] && components+=(../../../deploy/components/cert-manager)
         [[ $(size_profile) != small ]] || components+=("../../../deploy/components/small/$1")
         for name in ${COMPONENTS//,/ }; do

@@ -109,8 +109,10 @@ def option(args, name):
 def forbidden(singular, verb="get"):
     plural = PLURAL.get(singular, singular + "s")
     if plural in os.environ.get("FAKE_FORBIDDEN", "").split():
-        print(f'Error from server (Forbidden): {plural} is forbidden: User "u" cannot {verb} resource "{plural}"',
-              file=sys.stderr)  # fmt: skip
+        print(
+            f'Error from server (Forbidden): {plural} is forbidden: User "u" cannot {verb} resource "{plural}"',
+            file=sys.stderr,
+        )
         return True
     return False
 
@@ -227,7 +229,7 @@ def main(argv):
     if verb == "rollout":
         name = args[2].split("/")[-1] if len(args) > 2 else ""
         if name in os.environ.get("FAKE_ROLLOUT_FAILS", "").split():
-            print(f'error: timed out waiting for the condition on {args[2]}', file=sys.stderr)
+            print(f"error: timed out waiting for the condition on {args[2]}", file=sys.stderr)
             return 1
         return 0
     if verb == "config" and args[1:2] == ["current-context"]:

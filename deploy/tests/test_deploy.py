@@ -26,7 +26,11 @@ def cluster(tmp_path):
     state.mkdir()
     # As kind and most clusters have it: a default StorageClass for the master's volume.
     default = {"storageclass.kubernetes.io/is-default-class": "true"}
-    sc = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "standard", "annotations": default}}
+    sc = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "standard", "annotations": default},
+    }
     (state / "StorageClass.standard.yaml").write_text(yaml.safe_dump(sc))
     kubectl = bin_dir / "kubectl"
     kubectl.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / "fake_kubectl.py"} "$@"\n')

@@ -3,6 +3,8 @@ kube play cannot show (no scheduler, no NetworkPolicy, no StorageClasses), read
 from the manifests as real `kubectl kustomize` renders them."""
 
 import ipaddress
+import re
+import shlex
 
 import pytest
 from test_manifests import RENDERED, objects, pod_spec, policies, selects, workloads
@@ -74,9 +76,7 @@ def test_kubelet_probes_are_not_dropped_by_the_network_policies(target):
     found = policies(target)
     for workload in workloads(target):
         labels = workload["spec"]["template"]["metadata"]["labels"]
-        ingress = [
-            p for p in found.values() if "Ingress" in p["policyTypes"] and selects(p["podSelector"], labels)
-        ]
+        ingress = [p for p in found.values() if "Ingress" in p["policyTypes"] and selects(p["podSelector"], labels)]
         spec = pod_spec(workload)
         for c in spec.get("initContainers", []) + spec["containers"]:
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -105,7 +105,7 @@ import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
-from test_deploy import cluster  # noqa: E402, F401  (the fixture)
+from test_deploy import cluster as cluster_fixture  # noqa: E402, F401  (provides the fixture "cluster")
 
 REPO = Path(__file__).resolve().parents[2]
 ELSEWHERE = {"FAKE_CONTEXT": "gke_team_europe-west1_prod"}
@@ -227,7 +227,11 @@ def test_components_reach_every_deploy_target(cluster, target):
 
 def storage_class(name, default=False):
     annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
-    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name, "annotations": annotations}}  # fmt: skip
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name, "annotations": annotations},
+    }
 
 
 def test_volumes_do_not_stay_pending_without_a_default_storage_class(cluster):
@@ -255,9 +259,10 @@ def test_a_namespace_of_ones_own_is_used_everywhere(cluster):
         obj = yaml.safe_load(path.read_text())
         if obj["kind"] not in ("Namespace", "StorageClass"):
             assert obj["metadata"].get("namespace") == "team-a", path.name
-    assert stored(cluster, "Secret", "redis-master")["data"]["host"] == base64.b64encode(
-        b"redis-master.team-a.svc.cluster.local"
-    ).decode()
+    assert (
+        stored(cluster, "Secret", "redis-master")["data"]["host"]
+        == base64.b64encode(b"redis-master.team-a.svc.cluster.local").decode()
+    )
 
 
 def test_a_user_with_rights_in_the_namespace_alone_can_deploy(cluster):
@@ -313,11 +318,25 @@ def test_a_rollout_timeout_says_why(cluster):
         {"name": "redis", "ready": False, "restartCount": 4},
         {"name": "stunnel", "ready": True, "restartCount": 0},
     ]
-    cluster.store({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "read-api-1", "labels": labels},
-                   "status": {"containerStatuses": statuses}})  # fmt: skip
-    cluster.store({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"}, "type": "Warning",
-                   "reason": "BackOff", "involvedObject": {"kind": "Pod", "name": "read-api-1"},
-                   "message": "Back-off restarting failed container redis"})  # fmt: skip
+    cluster.store(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "read-api-1", "labels": labels},
+            "status": {"containerStatuses": statuses},
+        }
+    )
+    cluster.store(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "e1"},
+            "type": "Warning",
+            "reason": "BackOff",
+            "involvedObject": {"kind": "Pod", "name": "read-api-1"},
+            "message": "Back-off restarting failed container redis",
+        }
+    )
     (cluster.state / "Log.read-api-1.redis.txt").write_text("MASTER aborted replication: NOAUTH\n")
     (cluster.state / "Log.read-api-1.stunnel.txt").write_text("stunnel is fine\n")
     result = cluster.deploy("sidecar", FAKE_ROLLOUT_FAILS="read-api", ROLLOUT_TIMEOUT="5s")
@@ -347,8 +366,13 @@ def quantity(value, kind):
 
 
 def render_sized(target, **env):
-    result = subprocess.run(["scripts/deploy.sh", "render", target], cwd=REPO, capture_output=True, text=True,
-                            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "IMAGES_RECORD": "/nonexistent", **env})  # fmt: skip
+    result = subprocess.run(
+        ["scripts/deploy.sh", "render", target],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "IMAGES_RECORD": "/nonexistent", **env},
+    )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -386,6 +410,56 @@ def test_kind_gets_the_small_profile_by_default(cluster):
     cluster.store(storage_class("standard", default=True))
     (cluster.state / "registry").write_text("")
     assert cluster.deploy("master", **ELSEWHERE).returncode == 0
-    [redis] = [c for c in stored(cluster, "StatefulSet", "redis-master")["spec"]["template"]["spec"]["containers"]
-               if c["name"] == "redis"]  # fmt: skip
+    [redis] = [
+        c
+        for c in stored(cluster, "StatefulSet", "redis-master")["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "redis"
+    ]
     assert redis["resources"]["requests"]["cpu"] == "500m", "elsewhere, the kit's own sizes"
+
+
+# --- docs/first-deploy.md and the kind config it uses ---------------------------
+
+# The fields kind's config API (kind.x-k8s.io/v1alpha4, pkg/apis/config/v1alpha4) accepts.
+KIND_CLUSTER_FIELDS = {
+    "kind", "apiVersion", "name", "nodes", "networking", "featureGates", "runtimeConfig", "kubeadmConfigPatches",
+    "kubeadmConfigPatchesJSON6902", "containerdConfigPatches", "containerdConfigPatchesJSON6902",
+}  # fmt: skip
+KIND_NODE_FIELDS = {
+    "role", "image", "labels", "extraMounts", "extraPortMappings", "gpus", "kubeadmConfigPatches",
+    "kubeadmConfigPatchesJSON6902",
+}  # fmt: skip
+
+
+def test_the_kind_config_is_one_kind_accepts_and_fits_the_small_profile():
+    config = yaml.safe_load((REPO / "deploy/kind/cluster.yaml").read_text())
+    assert (config["apiVersion"], config["kind"]) == ("kind.x-k8s.io/v1alpha4", "Cluster")
+    assert set(config) <= KIND_CLUSTER_FIELDS, set(config) - KIND_CLUSTER_FIELDS
+    for n in config["nodes"]:
+        assert set(n) <= KIND_NODE_FIELDS, set(n) - KIND_NODE_FIELDS
+        assert n["role"] in ("control-plane", "worker")
+        assert all(isinstance(v, str) for v in n.get("labels", {}).values()), "label values are strings"
+    # One node: the small profile's budget (test_the_small_profile_fits_a_laptop_kind_node) is one node's.
+    assert [n["role"] for n in config["nodes"]] == ["control-plane"]
+    assert "topology.kubernetes.io/zone" in config["nodes"][0]["labels"]
+    makefile = (REPO / "Makefile").read_text()
+    assert "--config deploy/kind/cluster.yaml" in makefile
+
+
+def doc_commands():
+    text = (REPO / "docs/first-deploy.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    return [line.split("#")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_every_make_command_of_the_first_deploy_page_exists_with_its_variables():
+    targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M))
+    readers = ["scripts/deploy.sh", "scripts/images.sh", "scripts/doctor.py", "scripts/check-master.sh"]
+    scripts = "".join((REPO / p).read_text() for p in [*readers, "scripts/build-static.sh", "Makefile"])
+    makes = [shlex.split(c) for c in doc_commands() if c.startswith("make ")]
+    assert {"kind-cluster", "kind-load", "doctor", "images", "deploy-master", "deploy-sidecar"} <= {m[1] for m in makes}
+    for words in makes:
+        assert words[1] in targets, f"make {words[1]}: no such target"
+        for word in words[2:]:
+            variable = word.split("=")[0]
+            assert re.fullmatch(r"[A-Z_]+", variable) and variable in scripts, f"{' '.join(words)}: {variable}"
