@@ -131,11 +131,11 @@ egress_policy() {
     esac
 }
 
-# SIZE=small or default; unset, small on a laptop cluster (kind, minikube, ...).
+# SIZE=small or default; unset, small on a laptop cluster (kind, minikube, ...) unless COMPONENTS has size.
 size_profile() {
     case ${SIZE:-} in
         small | default) echo "$SIZE" ;;
-        '') if local_cluster; then echo small; else echo default; fi ;;
+        '') if [[ ,$COMPONENTS, != *,size,* ]] && local_cluster; then echo small; else echo default; fi ;;
         *) die "SIZE takes small or default, not '$SIZE' (make size writes other sizes: COMPONENTS=size)" ;;
     esac
 }

@@ -422,13 +422,28 @@ def test_kind_gets_the_small_profile_by_default(cluster):
 
 # The fields kind's config API (kind.x-k8s.io/v1alpha4, pkg/apis/config/v1alpha4) accepts.
 KIND_CLUSTER_FIELDS = {
-    "kind", "apiVersion", "name", "nodes", "networking", "featureGates", "runtimeConfig", "kubeadmConfigPatches",
-    "kubeadmConfigPatchesJSON6902", "containerdConfigPatches", "containerdConfigPatchesJSON6902",
-}  # fmt: skip
-KIND_NODE_FIELDS = {
-    "role", "image", "labels", "extraMounts", "extraPortMappings", "gpus", "kubeadmConfigPatches",
+    "kind",
+    "apiVersion",
+    "name",
+    "nodes",
+    "networking",
+    "featureGates",
+    "runtimeConfig",
+    "kubeadmConfigPatches",
     "kubeadmConfigPatchesJSON6902",
-}  # fmt: skip
+    "containerdConfigPatches",
+    "containerdConfigPatchesJSON6902",
+}
+KIND_NODE_FIELDS = {
+    "role",
+    "image",
+    "labels",
+    "extraMounts",
+    "extraPortMappings",
+    "gpus",
+    "kubeadmConfigPatches",
+    "kubeadmConfigPatchesJSON6902",
+}
 
 
 def test_the_kind_config_is_one_kind_accepts_and_fits_the_small_profile():
@@ -463,3 +478,62 @@ def test_every_make_command_of_the_first_deploy_page_exists_with_its_variables()
         for word in words[2:]:
             variable = word.split("=")[0]
             assert re.fullmatch(r"[A-Z_]+", variable) and variable in scripts, f"{' '.join(words)}: {variable}"
+
+
+def test_make_images_builds_a_manifest_list_for_amd64_and_arm64_and_records_the_registry(tmp_path):
+    """With a podman that records its calls (no registry here): one --platform build per image into a
+    manifest list, pushed with every image, and the registry kept for make deploy-*."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "podman.calls"
+    digest = "sha256:" + "a" * 64
+    podman = f'echo "$*" >>{log}\ncase "$1 $2" in "manifest push") printf {digest} >"$5" ;; esac\nexit 0\n'
+    (bin_dir / "podman").write_text("#!/bin/sh\n" + podman)
+    (bin_dir / "podman").chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "IMAGE_REGISTRY": "registry.example.com/team",
+        "IMAGE_TAG": "9.9.9",
+        "PLATFORMS": "linux/amd64,linux/arm64",
+        "PUSH": "1",
+        "PUSHED_DIGESTS": str(tmp_path / "digests"),
+        "IMAGES_RECORD": str(tmp_path / "registry"),
+    }
+    result = subprocess.run(["scripts/images.sh"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    builds = [line for line in lines if line.startswith("build ")]
+    assert len(builds) == 3 and all(
+        "--platform linux/amd64,linux/arm64 --manifest registry.example.com/team/" in b for b in builds
+    ), builds
+    pushes = [line for line in lines if line.startswith("manifest push --all")]
+    assert len(pushes) == 3, lines
+    assert (tmp_path / "registry").read_text().strip() == "registry.example.com/team"
+    assert f"registry.example.com/team/read-api:9.9.9 {digest}" in (tmp_path / "digests").read_text()
+    env["PLATFORMS"] = "linux/s390x"
+    result = subprocess.run(["scripts/images.sh"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0 and "PLATFORMS" in result.stderr
+
+
+# What make deploy-* adds to the renders, validated as test_manifests validates the kit's own.
+EXTRA_RENDERS = [
+    ("doctor", {}),
+    *((t, {"SIZE": "small"}) for t in ("master", "sidecar", "central", "relay", "node-local")),
+    ("relay", {"STORAGE_CLASS": "gp3", "IMAGE_PULL_SECRET": "regcred", "MASTER_CIDR": "203.0.113.0/28"}),
+    ("master", {"STORAGE_CLASS": "gp3", "IMAGE_PULL_SECRET": "regcred"}),
+    ("sidecar", {"COMPONENTS": "pdb,hpa", "MASTER_CIDR": "203.0.113.10/32", "MASTER_PORT": "6390"}),
+]
+
+
+@pytest.mark.parametrize("target,env", EXTRA_RENDERS, ids=lambda v: v if isinstance(v, str) else ",".join(v))
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0"])
+def test_what_the_deploy_targets_add_validates_strictly(target, env, version, tmp_path):
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump_all(render_sized(target, **env)))
+    result = subprocess.run(
+        [REPO / ".venv/bin/kubernetes-validate", "--strict", "-k", version, "--quiet", str(manifest)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
