@@ -115,6 +115,9 @@ def cluster(tmp_path):
 
 REPO = Path(__file__).resolve().parents[2]
 ELSEWHERE = {"FAKE_CONTEXT": "gke_team_europe-west1_prod"}
+TAG = subprocess.run(
+    ["scripts/versions.sh", "tag", "read-api"], cwd=REPO, capture_output=True, text=True
+).stdout.strip()
 
 
 def stored(cluster, kind, name):
@@ -140,7 +143,7 @@ def test_deploy_uses_the_registry_make_images_recorded(cluster, tmp_path):
     result = cluster.deploy("sidecar", **ELSEWHERE)
     assert result.returncode == 0, result.stderr
     ours = {i for i in images(stored(cluster, "Deployment", "read-api")) if "read-api" in i}
-    assert ours == {"registry.example.com/team/read-api:0.1.0", "registry.example.com/team/read-api-stunnel:0.1.0"}
+    assert ours == {f"registry.example.com/team/read-api:{TAG}", f"registry.example.com/team/read-api-stunnel:{TAG}"}
 
 
 def test_no_pod_waits_in_image_pull_backoff_for_a_localhost_image(cluster):
@@ -171,7 +174,7 @@ def test_kind_gets_the_images_without_a_registry(cluster, tmp_path):
     loaded = kind.read_text().splitlines()
     assert len(loaded) == 2 and all(line.startswith("load image-archive ") for line in loaded), loaded
     assert all(line.endswith("--name laptop") for line in loaded)
-    assert "save -o" in podman.read_text() and "localhost/read-api-stunnel:0.1.0" in podman.read_text()
+    assert "save -o" in podman.read_text() and f"localhost/read-api-stunnel:{TAG}" in podman.read_text()
     result = cluster.deploy("kind-load", **ELSEWHERE)
     assert result.returncode != 0 and "KIND_CLUSTER" in result.stderr
 

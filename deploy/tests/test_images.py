@@ -123,10 +123,9 @@ def test_make_pin_images_says_it_needs_skopeo_or_crane(tmp_path):
 def test_pin_images_writes_the_digest_of_each_third_party_tag(tmp_path):
     copy = tmp_path / "images.yaml"
     shutil.copy(IMAGES, copy)
-    # A crane that knows two images: the digest is sha256 of the reference, as a registry's would be of its index.
-    crane = (
-        'case $2 in *redis:*|*redis_exporter:*) printf "sha256:%s\\n" "$(printf %s "$2" | sha256sum | cut -c1-64)" ;;'
-    )
+    # A crane that knows the third-party images: the digest is sha256 of the reference, as a registry's would be.
+    crane = "case $2 in *redis:*|*redis_exporter:*|*python:*)"
+    crane += ' printf "sha256:%s\\n" "$(printf %s "$2" | sha256sum | cut -c1-64)" ;;'
     crane += ' *) echo "MANIFEST_UNKNOWN: $2" >&2; exit 1 ;; esac\n'
     path = tool_dir(tmp_path, crane=crane)
     for tool in ("sha256sum", "cut"):
