@@ -28,22 +28,31 @@ build() {
         echo "build-static: adding the Rust target $target"
         rustup target add "$target"
     fi
+    local var=${target//-/_} linker=()
     case $arch in
         amd64) cc=musl-gcc ;;
-        arm64) cc=aarch64-linux-gnu-gcc ;;
+        arm64)
+            cc=aarch64-linux-gnu-gcc
+            # Rust's own musl start files and C library, linked by the cross gcc:
+            # a static executable (musl-gcc as the linker would make a dynamic PIE).
+            linker=("CARGO_TARGET_${var^^}_LINKER=$cc")
+            ;;
     esac
     command -v "$cc" >/dev/null || "$repo/scripts/install-deps.sh" "$cc"
     # The cross gcc's C headers (ring includes stdint.h): a package of their own.
     [[ $arch != arm64 ]] || "$repo/scripts/install-deps.sh" pkg:libc6-dev-arm64-cross
-    local var=${target//-/_}
-    env "CC_$var=$cc" "CARGO_TARGET_${var^^}_LINKER=$cc" \
-        cargo build --release --locked --target "$target" -p read-api
+    env "CC_$var=$cc" "${linker[@]}" cargo build --release --locked --target "$target" -p read-api
     # Where api/Containerfile.prebuilt finds it for each --platform (TARGETARCH).
     local binary="target/$target/release/read-api"
     mkdir -p "target/static/$arch"
     cp -f "$binary" "target/static/$arch/read-api"
     echo "build-static: $(du -h "$binary" | cut -f1) $binary, copied to target/static/$arch/read-api"
-    if command -v file >/dev/null; then file "target/static/$arch/read-api"; fi
+    if command -v file >/dev/null; then
+        file "target/static/$arch/read-api"
+        # A FROM-scratch image has no loader: a dynamic binary would not start.
+        file "target/static/$arch/read-api" | grep -qE 'statically linked|static-pie linked' \
+            || { echo "build-static: target/static/$arch/read-api is not statically linked" >&2; exit 1; }
+    fi
 }
 
 main() {
