@@ -8,7 +8,8 @@ MAKEFLAGS += --no-print-directory
 
 CARGO ?= cargo
 CONTAINER_TOOL ?= podman
-IMAGE_REGISTRY ?= localhost
+# Empty: the scripts use the registry make images last built for (target/images/registry), else localhost.
+IMAGE_REGISTRY ?=
 IMAGE_TAG ?= $(shell scripts/versions.sh tag read-api)
 NAMESPACE ?= read-api
 TOPOLOGY ?= sidecar
@@ -108,7 +109,7 @@ demo-seed: ## Write KEY=... VALUE=... through the local demo's master.
 ##@ Images
 
 .PHONY: images
-images: ## Build read-api, read-api-stunnel and read-api-vegeta images (CONTAINER_TOOL, IMAGE_REGISTRY, IMAGE_TAG, IMAGE_BUILD=source|prebuilt; PUSH=1 pushes and records their digests).
+images: ## Build read-api, read-api-stunnel and read-api-vegeta images (CONTAINER_TOOL, IMAGE_REGISTRY, recorded for make deploy-*; IMAGE_TAG, IMAGE_BUILD=source|prebuilt, PLATFORMS=linux/amd64,linux/arm64; PUSH=1 pushes and records their digests).
 	@scripts/images.sh
 
 .PHONY: pin-images
@@ -116,7 +117,7 @@ pin-images: ## Pin the third-party images in deploy/images/images.yaml to the di
 	@python3 scripts/pin_images.py
 
 .PHONY: static
-static: ## Build the static (musl) read-api binary used by the FROM-scratch image.
+static: ## Build the static (musl) read-api binaries used by the FROM-scratch image (ARCHS="amd64 arm64"; default this machine's).
 	@scripts/build-static.sh
 
 ##@ Kubernetes (needs kubectl pointed at a cluster)
@@ -132,6 +133,18 @@ check-master: ## Check a replica can follow MASTER_HOST:MASTER_PORT (MASTER_CA, 
 .PHONY: master-secret
 master-secret: ## Point the kit at a hosted master (MASTER_HOST, MASTER_PORT, MASTER_USER, MASTER_PASSWORD, MASTER_CA; MASTER_REPLICA_USER, MASTER_REPLICA_PASSWORD).
 	@scripts/deploy.sh master-secret
+
+.PHONY: doctor
+doctor: venv ## Check the current kube context before a first deploy (TOPOLOGY, COMPONENTS, SIZE, STORAGE_CLASS, NAMESPACE); one line per problem, saying what to do.
+	@.venv/bin/python scripts/doctor.py
+
+.PHONY: kind-cluster
+kind-cluster: ## Create a kind cluster for the kit from deploy/kind/cluster.yaml (KIND_CLUSTER, default read-api).
+	kind create cluster --name "$(or $(KIND_CLUSTER),read-api)" --config deploy/kind/cluster.yaml
+
+.PHONY: kind-load
+kind-load: ## Load the read-api images (make images) into the kind cluster of the current context (KIND_CLUSTER to name another).
+	@scripts/deploy.sh kind-load
 
 .PHONY: deploy-master
 deploy-master: ## Deploy the in-cluster TLS master (certificates, Secrets, StatefulSet).

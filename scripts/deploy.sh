@@ -13,17 +13,30 @@
 #                         relay also deploys the relays, node-local the node replicas
 #   undeploy              remove the API (every topology) and the in-cluster master;
 #                         Secrets and the master's volume stay unless PURGE=1
+#   kind-load             load the read-api images into the kind cluster of the current
+#                         context (KIND_CLUSTER to name another), from CONTAINER_TOOL
 #   port-forward          svc/read-api on localhost:$LOCAL_PORT (default 8080)
 #   smoke                 curl known-key through a port-forward
 #   seed KEY VALUE        write through the master
 #
-# Settings: NAMESPACE (read-api), IMAGE_REGISTRY (localhost), IMAGE_TAG (the read-api tag in deploy/images),
-# CERTS_DIR (target/certs), ROLLOUT_TIMEOUT (300s; make size gives it for other sizes).
+# Settings: NAMESPACE (read-api), IMAGE_REGISTRY (the one make images last used, recorded in
+# target/images/registry, else localhost), IMAGE_TAG (the read-api tag in deploy/images),
+# CERTS_DIR (target/certs), ROLLOUT_TIMEOUT (300s; make size gives it for other sizes),
+# COMPONENTS (pdb,hpa,size,...: deploy/components/NAME, size: make size's target/size),
+# SIZE (small: deploy/components/small, the default on kind; default: the kit's own sizes),
+# STORAGE_CLASS (the claims' StorageClass; the cluster's default otherwise),
+# IMAGE_PULL_SECRET (a Secret of the namespace to pull the images with),
+# MASTER_CIDR (a hosted master's addresses, which the egress policy lets the pods reach).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 NAMESPACE=${NAMESPACE:-read-api}
-IMAGE_REGISTRY=${IMAGE_REGISTRY:-localhost}
+COMPONENTS=${COMPONENTS:-}
+IMAGES_RECORD=${IMAGES_RECORD:-$repo/target/images/registry}
+if [[ -z ${IMAGE_REGISTRY:-} ]]; then
+    IMAGE_REGISTRY=localhost
+    [[ ! -s $IMAGES_RECORD ]] || IMAGE_REGISTRY=$(<"$IMAGES_RECORD")
+fi
 IMAGE_TAG=${IMAGE_TAG:-$("$repo/scripts/versions.sh" tag read-api)}
 export NAMESPACE IMAGE_REGISTRY IMAGE_TAG
 CERTS_DIR=${CERTS_DIR:-$repo/target/certs}
@@ -37,25 +50,101 @@ source "$repo/scripts/lib/kube.sh"
 say() { printf '%s\n' "deploy: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-# Renders deploy/<dir> with the images from IMAGE_REGISTRY and IMAGE_TAG,
-# through a generated kustomization, so the repository is never edited.
+# Renders deploy/<dir> with the images from IMAGE_REGISTRY and IMAGE_TAG and the
+# components asked for, through a generated kustomization, so the repository is
+# never edited.
 render() {
     local dir
     case $1 in
         sidecar | central | relay | node-local) dir=overlays/$1 ;;
-        master) dir=master ;;
+        master | namespace | doctor) dir=$1 ;;
         *) die "render takes sidecar, central, relay, node-local or master, not '$1'" ;;
     esac
     local work="$repo/target/deploy/$1"
+    rm -rf "$work"
     mkdir -p "$work"
     command -v envsubst >/dev/null || "$repo/scripts/install-deps.sh" envsubst
-    local components=
-    [[ $1 == master && ${CERT_MANAGER:-0} == 1 ]] && components=../../../deploy/components/cert-manager
+    local components=() name path
+    if [[ $1 != namespace && $1 != doctor ]]; then
+        [[ $1 == master && ${CERT_MANAGER:-0} == 1 ]] && components+=(../../../deploy/components/cert-manager)
+        [[ $(size_profile) != small ]] || components+=("../../../deploy/components/small/$1")
+        for name in ${COMPONENTS//,/ }; do
+            path=$(component_path "$name") || exit 1
+            # The size tool's component covers the master too; the others are the API's.
+            [[ $1 != master || $name == size ]] || continue
+            components+=("$path")
+        done
+        if [[ -n ${STORAGE_CLASS:-} && $1 =~ ^(master|relay)$ ]]; then
+            generate storage-class "$work" '$STORAGE_CLASS'
+            components+=(./storage-class)
+        fi
+        if [[ -n ${IMAGE_PULL_SECRET:-} ]]; then
+            generate pull-secret "$work" '$IMAGE_PULL_SECRET'
+            components+=(./pull-secret)
+        fi
+        if [[ -n ${MASTER_CIDR:-} && $1 != master ]]; then
+            EGRESS_POLICY=$(egress_policy "$1") MASTER_PORT=${MASTER_PORT:-6380} \
+                generate master-egress "$work" '$EGRESS_POLICY $MASTER_CIDR $MASTER_PORT'
+            components+=(./master-egress)
+        fi
+    fi
+    local IFS=,
     DIR=$dir READ_API_DIGEST=$(pushed_digest read-api) READ_API_STUNNEL_DIGEST=$(pushed_digest read-api-stunnel) \
-        SECRETS_HASH=${SECRETS_HASH:-} COMPONENTS=$components \
+        SECRETS_HASH=${SECRETS_HASH:-} COMPONENTS="${components[*]}" \
         envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG $READ_API_DIGEST $READ_API_STUNNEL_DIGEST $SECRETS_HASH $COMPONENTS' \
         <"$repo/scripts/templates/render.kustomization.yaml" >"$work/kustomization.yaml"
     kubectl kustomize "$work"
+}
+
+# generate NAME WORK VARIABLES: scripts/templates/components/NAME, filled in, as WORK/NAME.
+generate() {
+    mkdir -p "$2/$1"
+    envsubst "$3" <"$repo/scripts/templates/components/$1/kustomization.yaml" >"$2/$1/kustomization.yaml"
+}
+
+# The path, from a render's work directory, of a component named in COMPONENTS.
+component_path() {
+    case $1 in
+        size)
+            [[ -r $repo/target/size/kustomization.yaml ]] \
+                || die "COMPONENTS names size, but target/size has no component: run 'make size DATASET=… PODS=…' first"
+            echo ../../size
+            ;;
+        */*)
+            [[ -r $repo/$1/kustomization.yaml ]] || die "COMPONENTS names $1, which has no kustomization.yaml"
+            echo "../../../$1"
+            ;;
+        *)
+            [[ -r $repo/deploy/components/$1/kustomization.yaml ]] \
+                || die "COMPONENTS names '$1', which is not in deploy/components ($(ls "$repo/deploy/components" | tr '\n' ' '))"
+            echo "../../../deploy/components/$1"
+            ;;
+    esac
+}
+
+# The egress policy of the pods that follow the master in each topology.
+egress_policy() {
+    case $1 in
+        relay) echo redis-relay-egress ;;
+        node-local) echo redis-node-egress ;;
+        *) echo read-api-egress ;;
+    esac
+}
+
+# SIZE=small or default; unset, small on a laptop cluster (kind, minikube, ...) unless COMPONENTS has size.
+size_profile() {
+    case ${SIZE:-} in
+        small | default) echo "$SIZE" ;;
+        '') if [[ ,$COMPONENTS, != *,size,* ]] && local_cluster; then echo small; else echo default; fi ;;
+        *) die "SIZE takes small or default, not '$SIZE' (make size writes other sizes: COMPONENTS=size)" ;;
+    esac
+}
+
+# Whether the current context is a cluster on this machine, which can run localhost/ images.
+local_cluster() {
+    local context
+    context=$(kubectl config current-context 2>/dev/null) || return 1
+    [[ $context =~ ^kind-|^minikube$|^docker-desktop$|podman ]]
 }
 
 # The digest make images PUSH=1 recorded for $IMAGE_REGISTRY/NAME:$IMAGE_TAG, if any.
@@ -75,16 +164,108 @@ secrets_hash() {
     done | sha256sum | cut -c1-16
 }
 
+# Dots in a key are escaped: jsonpath reads {.data.ca.crt} as ca, then crt.
 secret_value() {
-    "${k[@]}" get secret "$1" -o "jsonpath={.data.$2}" 2>/dev/null | base64 -d 2>/dev/null || true
+    "${k[@]}" get secret "$1" -o "jsonpath={.data.${2//./\\.}}" 2>/dev/null | base64 -d 2>/dev/null || true
 }
 
 apply_secret() {
-    kubectl create secret generic "$@" -n "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    kubectl create secret generic "$@" -n "$NAMESPACE" --dry-run=client -o yaml | ssa -f - >/dev/null
 }
 
+# Server-side apply: the API server merges by field owner, so a field the kit no
+# longer sets (replicas, once the hpa component owns them) is left to its new owner
+# instead of being reset, as client-side apply's last-applied annotation would.
+ssa() {
+    kubectl apply -n "$NAMESPACE" --server-side --field-manager=read-api-kit --force-conflicts "$@"
+}
+
+# Creates the namespace only when it is missing: a user with rights in the
+# namespace alone may not read or patch Namespace objects.
 ensure_namespace() {
-    kubectl kustomize "$repo/deploy/namespace" | kubectl apply -f - >/dev/null
+    local out
+    out=$(kubectl get namespace "$NAMESPACE" -o name 2>&1) && return 0
+    if [[ $out == *NotFound* ]]; then
+        render namespace | kubectl apply --server-side --field-manager=read-api-kit -f - >/dev/null
+        say "created namespace $NAMESPACE"
+    elif [[ $out == *Forbidden* ]]; then
+        say "no right to read namespace $NAMESPACE: taking it as there (an administrator creates it)"
+    else
+        die "kubectl get namespace $NAMESPACE: $out"
+    fi
+}
+
+# apply_rendered TARGET: the rendered TARGET without its Namespace, server-side.
+apply_rendered() {
+    local file="$repo/target/deploy/$1.yaml"
+    render "$1" | drop_namespace >"$file"
+    [[ $1 == master ]] || refuse_local_images "$file"
+    [[ $1 == master ]] || hand_replicas_to_the_hpa "$file"
+    local out
+    if ! out=$(ssa -f "$file" 2>&1); then
+        # A StatefulSet's volumeClaimTemplates cannot change (a size or a StorageClass):
+        # replace the StatefulSet alone, its pods and claims stay and are adopted again.
+        local names name
+        names=$(grep -o 'The StatefulSet "[^"]*" is invalid: spec: Forbidden' <<<"$out" | cut -d'"' -f2) || true
+        [[ -n $names ]] || { printf '%s\n' "$out" >&2; die "kubectl apply of $1 failed"; }
+        for name in $names; do
+            say "statefulset/$name: its volumeClaimTemplates changed, which the API server does not allow; replacing the StatefulSet, its pods and claims stay (existing claims keep their size: grow them with kubectl edit pvc where the StorageClass allows expansion)"
+            "${k[@]}" delete statefulset "$name" --cascade=orphan >/dev/null
+        done
+        out=$(ssa -f "$file" 2>&1) || { printf '%s\n' "$out" >&2; die "kubectl apply of $1 failed"; }
+    fi
+    printf '%s\n' "$out"
+}
+
+# localhost/ images are on this machine only: a cluster elsewhere cannot pull them,
+# and every pod would wait in ImagePullBackOff until the rollout times out.
+refuse_local_images() {
+    local image
+    image=$(grep -m1 -oE 'image: localhost/[^ ]+' "$1" | cut -d' ' -f2) || true
+    [[ -n $image ]] || return 0
+    local_cluster && return 0
+    die "the pods would run $image, which only this machine has (current context: $(kubectl config current-context 2>/dev/null || echo none)): push the images with 'make images IMAGE_REGISTRY=registry.example.com/team PUSH=1' (make deploy-* then uses that registry), or set IMAGE_REGISTRY to where they are"
+}
+
+# Before the first apply without replicas (the hpa component): a field manager of
+# its own keeps the current count, so that the kit's apply, which no longer sets
+# it, does not drop the Deployment to 1 pod; the HPA takes it over from there.
+hand_replicas_to_the_hpa() {
+    grep -q '^kind: HorizontalPodAutoscaler$' "$1" || return 0
+    local replicas
+    replicas=$("${k[@]}" get deployment read-api -o 'jsonpath={.spec.replicas}' 2>/dev/null) || return 0
+    [[ -n $replicas ]] || return 0
+    REPLICAS=$replicas envsubst '$REPLICAS' <"$repo/scripts/templates/hpa-handover.yaml" \
+        | kubectl apply -n "$NAMESPACE" --server-side --field-manager=read-api-hpa-handover -f - >/dev/null
+}
+
+# rollout KIND/NAME: waits until it is ready; on timeout, says why from its pods.
+rollout() {
+    "${k[@]}" rollout status "$1" --timeout="$ROLLOUT_TIMEOUT" && return 0
+    report_pods "${1#*/}"
+    die "$1 was not ready within $ROLLOUT_TIMEOUT (ROLLOUT_TIMEOUT): its pods' events and last log lines are above"
+}
+
+# The events of the pods of NAME that are not ready, and the last log lines of
+# their containers that are not (of the run before, too, when one restarted).
+report_pods() {
+    local selector=app.kubernetes.io/name=$1 pod container restarts shown=
+    say "pods of $1:"
+    "${k[@]}" get pods -l "$selector" -o wide >&2 || true
+    while read -r pod container restarts; do
+        if [[ $pod != "$shown" ]]; then
+            say "events of pod $pod:"
+            "${k[@]}" get events --field-selector "involvedObject.name=$pod" >&2 || true
+            shown=$pod
+        fi
+        [[ $container != - ]] || continue
+        say "last log lines of $pod, container $container:"
+        "${k[@]}" logs "$pod" -c "$container" --tail=20 >&2 || true
+        if ((restarts > 0)); then
+            say "and of its run before the last restart:"
+            "${k[@]}" logs "$pod" -c "$container" --tail=20 --previous >&2 || true
+        fi
+    done < <("${k[@]}" get pods -l "$selector" -o json | python3 "$repo/scripts/lib/unready.py")
 }
 
 # The value of KEY in Secret SECRET (redis-master by default), or a new random password if it has none.
@@ -108,6 +289,7 @@ exporter_passwords() {
 
 deploy_master() {
     require_cluster
+    check_storage_class
     local cert_manager=${CERT_MANAGER:-0}
     if [[ $cert_manager == 1 ]]; then
         "${k[@]}" get crd certificates.cert-manager.io >/dev/null 2>&1 \
@@ -140,7 +322,7 @@ deploy_master() {
         [[ -s $ca ]] || secret_value redis-master ca.crt >"$ca"
         [[ ! -s $ca ]] || known=(--from-file=ca.crt="$ca")
         apply_secret redis-master "${connection[@]}" "${known[@]}"
-        SECRETS_HASH=$(secrets_hash redis-master) render master | kubectl apply -f -
+        SECRETS_HASH=$(secrets_hash redis-master) apply_rendered master
         "${k[@]}" wait --for=condition=Ready certificate/redis-master --timeout="$ROLLOUT_TIMEOUT"
         secret_value redis-master-ca ca.crt >"$ca"
         [[ -s $ca ]] || die "cert-manager issued redis-master but Secret redis-master-ca has no ca.crt"
@@ -150,9 +332,9 @@ deploy_master() {
         apply_secret redis-master-tls --from-file=tls.crt="$CERTS_DIR/master.crt" \
             --from-file=tls.key="$CERTS_DIR/master.key" --from-file=ca.crt="$CERTS_DIR/ca.crt"
         apply_secret redis-master "${connection[@]}" --from-file=ca.crt="$CERTS_DIR/ca.crt"
-        SECRETS_HASH=$(secrets_hash redis-master redis-master-tls) render master | kubectl apply -f -
+        SECRETS_HASH=$(secrets_hash redis-master redis-master-tls) apply_rendered master
     fi
-    "${k[@]}" rollout status statefulset/redis-master --timeout="$ROLLOUT_TIMEOUT"
+    rollout statefulset/redis-master
     say "master ready at redis-master.$NAMESPACE.svc.cluster.local:6380 (TLS); Secret redis-master holds how to reach it"
 }
 
@@ -168,14 +350,21 @@ master_secret() {
     if [[ -n ${MASTER_REPLICA_USER:-} && -z ${MASTER_REPLICA_PASSWORD:-} ]]; then
         die "MASTER_REPLICA_USER needs MASTER_REPLICA_PASSWORD"
     fi
+    [[ -z ${MASTER_CIDR:-} ]] || valid_cidr "$MASTER_CIDR" || die "MASTER_CIDR '$MASTER_CIDR' is not an IPv4 CIDR such as 203.0.113.10/32"
     ensure_namespace
     local user=${MASTER_USER:-default}
-    apply_secret redis-master --from-literal=host="$MASTER_HOST" --from-literal=port="$MASTER_PORT" \
+    # MASTER_CIDR rides on the Secret, so that every later make deploy-* opens the same egress.
+    kubectl create secret generic redis-master -n "$NAMESPACE" --dry-run=client -o yaml \
+        --from-literal=host="$MASTER_HOST" --from-literal=port="$MASTER_PORT" \
         --from-literal=user="$user" --from-literal=password="$MASTER_PASSWORD" \
         --from-literal=replica-user="${MASTER_REPLICA_USER:-$user}" \
         --from-literal=replica-password="${MASTER_REPLICA_PASSWORD:-$MASTER_PASSWORD}" \
-        --from-file=ca.crt="$MASTER_CA"
+        --from-file=ca.crt="$MASTER_CA" \
+        | kubectl annotate --local -f - -o yaml "read-api.io/master-cidr=${MASTER_CIDR:-}" | ssa -f - >/dev/null
     say "Secret redis-master now points at $MASTER_HOST:$MASTER_PORT (replicas log in as '${MASTER_REPLICA_USER:-$user}')"
+    if [[ -z ${MASTER_CIDR:-} ]] && ! valid_cidr "$MASTER_HOST/32"; then
+        say "MASTER_HOST is a name: make deploy-* needs MASTER_CIDR (the addresses it resolves to) for the egress NetworkPolicy; run this again with it, or give it to make deploy-*"
+    fi
 }
 
 # The Secrets each topology's pods read: their hash goes into every pod template.
@@ -212,16 +401,87 @@ deploy_api() {
         done
         apply_secret redis-relay "${passwords[@]}"
     fi
+    [[ $topology != relay ]] || check_storage_class
+    MASTER_CIDR=$(master_cidr)
+    MASTER_PORT=${MASTER_PORT:-$(secret_value redis-master port)}
+    export MASTER_CIDR MASTER_PORT
     local secrets
     read -ra secrets <<<"$(topology_secrets "$topology")"
-    SECRETS_HASH=$(secrets_hash "${secrets[@]}") render "$topology" | kubectl apply -f -
+    SECRETS_HASH=$(secrets_hash "${secrets[@]}") apply_rendered "$topology"
     # What the API pods read must be there first: they stay unready until it is.
     case $topology in
-        relay) "${k[@]}" rollout status statefulset/redis-relay --timeout="$ROLLOUT_TIMEOUT" ;;
-        node-local) "${k[@]}" rollout status daemonset/redis-node --timeout="$ROLLOUT_TIMEOUT" ;;
+        relay) rollout statefulset/redis-relay ;;
+        node-local) rollout daemonset/redis-node ;;
     esac
-    "${k[@]}" rollout status deployment/read-api --timeout="$ROLLOUT_TIMEOUT"
+    rollout deployment/read-api
     say "$topology topology ready; try: make port-forward, then curl localhost:$LOCAL_PORT/v1/keys/known-key"
+}
+
+# The addresses of a hosted master, for the egress policy: MASTER_CIDR, else what
+# make master-secret recorded, else the master's address itself; none for the
+# in-cluster master, whose pods the policy names already.
+master_cidr() {
+    local host cidr
+    host=$(secret_value redis-master host)
+    if [[ -n ${MASTER_CIDR:-} ]]; then
+        valid_cidr "$MASTER_CIDR" || die "MASTER_CIDR '$MASTER_CIDR' is not an IPv4 CIDR such as 203.0.113.10/32"
+        echo "$MASTER_CIDR"
+        return
+    fi
+    cidr=$("${k[@]}" get secret redis-master -o 'jsonpath={.metadata.annotations.read-api\.io/master-cidr}' 2>/dev/null) || true
+    if [[ -n $cidr ]]; then
+        echo "$cidr"
+    elif valid_cidr "$host/32"; then
+        echo "$host/32"
+    elif [[ $host != *.svc.cluster.local && $host != *.svc ]]; then
+        die "the master $host is outside the cluster, and the egress NetworkPolicy lets the pods reach only addresses it names: set MASTER_CIDR to the addresses $host resolves to (e.g. MASTER_CIDR=203.0.113.10/32; 0.0.0.0/0 for any)"
+    fi
+}
+
+valid_cidr() {
+    [[ $1 =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$ ]]
+}
+
+# A claim without a StorageClass needs the cluster's default one, which new EKS
+# clusters lack: the master's and the relays' claims would stay Pending.
+check_storage_class() {
+    local out
+    if [[ -n ${STORAGE_CLASS:-} ]]; then
+        out=$(kubectl get storageclass "$STORAGE_CLASS" -o name 2>&1) && return 0
+        [[ $out == *Forbidden* ]] && return 0
+        die "STORAGE_CLASS $STORAGE_CLASS: no such StorageClass in this cluster (kubectl get storageclass lists them)"
+    fi
+    out=$(kubectl get storageclass -o name 2>&1) || return 0 # not ours to read: the claims will say
+    local class names=()
+    for class in $out; do
+        [[ $(kubectl get "$class" -o 'jsonpath={.metadata.annotations.storageclass\.kubernetes\.io/is-default-class}') == true ]] \
+            && return 0
+        names+=("${class#*/}")
+    done
+    die "this cluster has no default StorageClass, so the volumes would stay Pending: set STORAGE_CLASS to one of: ${names[*]:-none (install a provisioner)} (kubectl get storageclass)"
+}
+
+kind_load() {
+    command -v kind >/dev/null || die "kind is not installed (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"
+    local cluster=${KIND_CLUSTER:-} context name image
+    if [[ -z $cluster ]]; then
+        context=$(kubectl config current-context 2>/dev/null) || true
+        [[ $context == kind-* ]] || die "the current context '${context:-none}' is not a kind cluster's: set KIND_CLUSTER to the cluster's name"
+        cluster=${context#kind-}
+    fi
+    local tool=${CONTAINER_TOOL:-podman}
+    mkdir -p "$repo/target/images"
+    for name in read-api read-api-stunnel; do
+        image=$IMAGE_REGISTRY/$name:$IMAGE_TAG
+        if [[ $tool == docker ]]; then
+            kind load docker-image "$image" --name "$cluster"
+        else
+            # kind reads docker's store only: other tools hand it an archive.
+            "$tool" save -o "$repo/target/images/$name.tar" "$image"
+            kind load image-archive "$repo/target/images/$name.tar" --name "$cluster"
+        fi
+    done
+    say "loaded $IMAGE_REGISTRY/read-api and read-api-stunnel:$IMAGE_TAG into kind cluster $cluster"
 }
 
 undeploy() {
@@ -284,19 +544,21 @@ seed() {
 }
 
 main() {
+    size_profile >/dev/null
     case ${1:-} in
         render) render "${2:-}" ;;
         master) deploy_master ;;
         master-secret) master_secret ;;
         sidecar | central | relay | node-local) deploy_api "$1" ;;
         undeploy) undeploy ;;
+        kind-load) kind_load ;;
         port-forward) port_forward ;;
         smoke) smoke ;;
         seed)
             [[ $# -eq 3 && -n $2 ]] || die "usage: $0 seed KEY VALUE"
             seed "$2" "$3"
             ;;
-        *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|relay|node-local|undeploy|port-forward|smoke|seed KEY VALUE" ;;
+        *) die "usage: $0 render TARGET|master|master-secret|sidecar|central|relay|node-local|undeploy|kind-load|port-forward|smoke|seed KEY VALUE" ;;
     esac
 }
 

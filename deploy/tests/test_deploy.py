@@ -25,6 +25,14 @@ def cluster(tmp_path):
     state_dir = state
     bin_dir.mkdir()
     state.mkdir()
+    # As kind and most clusters have it: a default StorageClass for the master's volume.
+    default = {"storageclass.kubernetes.io/is-default-class": "true"}
+    sc = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "standard", "annotations": default},
+    }
+    (state / "StorageClass.standard.yaml").write_text(yaml.safe_dump(sc))
     kubectl = bin_dir / "kubectl"
     kubectl.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / "fake_kubectl.py"} "$@"\n')
     kubectl.chmod(0o755)
@@ -34,6 +42,7 @@ def cluster(tmp_path):
         "FAKE_KUBE_STATE": str(state),
         "REAL_KUBECTL": shutil.which("kubectl"),
         "CERTS_DIR": str(tmp_path / "certs"),
+        "IMAGES_RECORD": str(tmp_path / "registry"),
     }
 
     class Cluster:

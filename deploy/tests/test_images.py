@@ -124,10 +124,9 @@ def test_make_pin_images_says_it_needs_skopeo_or_crane(tmp_path):
 def test_pin_images_writes_the_digest_of_each_third_party_tag(tmp_path):
     copy = tmp_path / "images.yaml"
     shutil.copy(IMAGES, copy)
-    # A crane that knows two images: the digest is sha256 of the reference, as a registry's would be of its index.
-    crane = (
-        'case $2 in *redis:*|*redis_exporter:*) printf "sha256:%s\\n" "$(printf %s "$2" | sha256sum | cut -c1-64)" ;;'
-    )
+    # A crane that knows the third-party images: the digest is sha256 of the reference, as a registry's would be.
+    crane = "case $2 in *redis:*|*redis_exporter:*|*python:*)"
+    crane += ' printf "sha256:%s\\n" "$(printf %s "$2" | sha256sum | cut -c1-64)" ;;'
     crane += ' *) echo "MANIFEST_UNKNOWN: $2" >&2; exit 1 ;; esac\n'
     path = tool_dir(tmp_path, crane=crane)
     for tool in ("sha256sum", "cut"):
@@ -179,6 +178,7 @@ def test_make_images_records_the_digests_it_pushed(tmp_path):
         "IMAGE_REGISTRY": "reg/t",
         "IMAGE_TAG": "9.9.9",
         "PUSHED_DIGESTS": str(digests),
+        "IMAGES_RECORD": str(tmp_path / "registry"),
     }
     result = subprocess.run(["bash", "scripts/images.sh"], cwd=REPO, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -199,6 +199,7 @@ def test_make_images_records_the_digests_it_pushed(tmp_path):
                 "IMAGE_REGISTRY": "reg/t",
                 "IMAGE_TAG": tag,
                 "PUSHED_DIGESTS": str(digests),
+                "IMAGES_RECORD": "/nonexistent",
             },
         ).stdout
         return set(re.findall(r"image: (\S+)", out))

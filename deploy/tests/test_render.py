@@ -21,7 +21,7 @@ def render(topology, **env):
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", **env},
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "IMAGES_RECORD": "/nonexistent", **env},
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
