@@ -4,6 +4,7 @@ metric is one the API declares, every link and repository path resolves, and
 the results index is what `make publish-results` writes. (The configuration table is checked
 against the code by api/tests/readme.rs.)"""
 
+import fnmatch
 import re
 import shlex
 import subprocess
@@ -101,8 +102,10 @@ def test_the_readme_stays_within_300_lines():
 def test_every_make_target_named_exists(path):
     targets = makefile_targets()
     named = {word for _, after in commands(path) for word in after if not ASSIGNMENT.match(word)}
-    named = {w for w in named if not w.startswith("-")}
-    assert not named - targets, f"{page_id(path)} names targets the Makefile lacks: {sorted(named - targets)}"
+    named = {w for w in named if not w.startswith("-") and w != "…"}
+    # `make deploy-*` names a family of targets: at least one must exist.
+    missing = {w for w in named if not fnmatch.filter(targets, w)}
+    assert not missing, f"{page_id(path)} names targets the Makefile lacks: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("path", DOCS + ALSO, ids=page_id)

@@ -11,9 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import test_deploy
 import yaml
-from test_manifests import RENDERED, objects, pod_spec, policies, selects, workloads
+
+from deploy.tests import test_deploy
+from deploy.tests.test_manifests import RENDERED, objects, pod_spec, policies, selects, workloads
 
 NODELOCAL_DNSCACHE = "169.254.20.10"
 GKE_CLOUD_DNS = "169.254.169.254"
