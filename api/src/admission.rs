@@ -19,16 +19,18 @@
 //! proportion, at most by half per window; otherwise it grows by its square
 //! root per window, back up to `ADMISSION_MAX_IN_FLIGHT`.
 //!
-//! The bound does not go down while the worker itself is short of CPU: its
-//! runtime busy for most of the window, or latency that the worker's own
-//! wait for CPU explains (a timer on its event loop, every 10 ms, fires
-//! late by as much: its cgroup throttled). Then the queue is its own, in its
-//! sockets as much as in flight, and a refusal costs a good part of what an
-//! answer does, so refusing more would answer fewer. The ceiling still holds.
+//! A worker short of CPU neither lowers its bound nor refuses anything: its
+//! runtime was busy for most of the last window, or the container's CPU
+//! limit throttled it (`nr_throttled` in its cgroup's `cpu.stat` went up).
+//! Its queue is then in its own sockets, which no bound reaches, and a
+//! refusal costs more than half of what an answer does (reading and parsing
+//! the request and writing the answer are most of the work), so every
+//! refusal would take the place of an answer.
 
 use std::{
     cell::Cell,
     future::{ready, Future, Ready},
+    path::{Path, PathBuf},
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
@@ -65,8 +67,6 @@ const TOLERANCE: f64 = 2.0;
 /// A worker busy this share of a window is short of CPU: its latency is its
 /// own queue (see the module's doc), and the bound does not go down.
 const SATURATED: f64 = 0.9;
-/// How often each worker checks how late its own timers fire.
-const PROBE_EVERY: Duration = Duration::from_millis(10);
 
 /// The middleware factory: one [`Limiter`] per worker.
 #[derive(Clone)]
@@ -100,10 +100,6 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         let limiter = (self.settings.mode != AdmissionMode::Off)
             .then(|| Rc::new(Limiter::new(self.settings, self.metrics.clone())));
-        if let Some(limiter) = limiter.as_ref().filter(|l| l.adaptive) {
-            // On the worker's own thread: actix builds each worker's services there.
-            tokio::task::spawn_local(probe(Rc::downgrade(limiter)));
-        }
         ready(Ok(AdmissionService {
             service,
             limiter,
@@ -213,21 +209,6 @@ impl Drop for Guard {
     }
 }
 
-/// Notes how late a timer fires on this worker, until the worker is gone.
-async fn probe(limiter: std::rc::Weak<Limiter>) {
-    loop {
-        let started = Instant::now();
-        tokio::time::sleep(PROBE_EVERY).await;
-        let late = started.elapsed().saturating_sub(PROBE_EVERY);
-        let Some(limiter) = limiter.upgrade() else {
-            return;
-        };
-        if late > limiter.window_lag.get() {
-            limiter.window_lag.set(late);
-        }
-    }
-}
-
 /// One worker's bound and what it has measured.
 pub struct Limiter {
     adaptive: bool,
@@ -242,10 +223,13 @@ pub struct Limiter {
     window_peak: Cell<u32>,
     /// The worker's runtime's busy time when the window opened.
     window_busy: Cell<Duration>,
-    /// The latest the worker's probe fired during the window.
-    window_lag: Cell<Duration>,
-    /// `window_lag` of the previous window.
-    previous_lag: Cell<Duration>,
+    /// The container's `cpu.stat`, where the kernel counts the periods in
+    /// which the CPU limit stopped it; `None` without a CPU controller.
+    cpu_stat: Option<PathBuf>,
+    /// Its `nr_throttled` when the window opened.
+    window_throttled: Cell<u64>,
+    /// Whether the last window found the worker short of CPU.
+    starved: Cell<bool>,
     window_start: Cell<Instant>,
     samples: Cell<u32>,
     latency_sum: Cell<f64>,
@@ -257,7 +241,7 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(settings: AdmissionSettings, metrics: AdmissionMetrics) -> Self {
         let max = f64::from(settings.max_in_flight);
-        let limiter = Self {
+        let mut limiter = Self {
             adaptive: settings.mode == AdmissionMode::Adaptive,
             max,
             min: f64::from(settings.min_in_flight),
@@ -267,14 +251,21 @@ impl Limiter {
             in_flight: Cell::new(0),
             window_peak: Cell::new(0),
             window_busy: Cell::new(busy_time()),
-            window_lag: Cell::new(Duration::ZERO),
-            previous_lag: Cell::new(Duration::ZERO),
+            cpu_stat: None,
+            window_throttled: Cell::new(0),
+            starved: Cell::new(false),
             window_start: Cell::new(Instant::now()),
             samples: Cell::new(0),
             latency_sum: Cell::new(0.0),
             baseline: Cell::new(f64::INFINITY),
             metrics,
         };
+        if limiter.adaptive {
+            limiter.cpu_stat = cpu_stat();
+            limiter
+                .window_throttled
+                .set(throttled(limiter.cpu_stat.as_deref()));
+        }
         limiter.metrics.limit.add(i64::from(settings.max_in_flight));
         limiter
     }
@@ -282,7 +273,8 @@ impl Limiter {
     /// Takes a place if there is one; the start time when latency is measured.
     fn admit(&self) -> Result<Option<Instant>, ()> {
         let in_flight = self.in_flight.get();
-        if in_flight >= self.admit_below.get() {
+        // A worker short of CPU admits everything: see the module's doc.
+        if in_flight >= self.admit_below.get() && !self.starved.get() {
             let lowered = self.limit.get() < self.max;
             self.metrics.shed[usize::from(lowered)].inc();
             return Err(());
@@ -310,12 +302,13 @@ impl Limiter {
                 .saturating_sub(self.window_busy.replace(busy))
                 .as_secs_f64()
                 / now.duration_since(self.window_start.get()).as_secs_f64();
-            self.end_window(sum / f64::from(samples), busy_share);
+            let periods = throttled(self.cpu_stat.as_deref());
+            let throttled = periods > self.window_throttled.replace(periods);
+            self.end_window(
+                sum / f64::from(samples),
+                busy_share >= SATURATED || throttled,
+            );
             self.window_peak.set(self.in_flight.get());
-            // Kept for one more window: a throttled cgroup runs in bursts, and
-            // a window can fall between two stalls.
-            self.previous_lag
-                .set(self.window_lag.replace(Duration::ZERO));
             self.window_start.set(now);
             self.samples.set(0);
             self.latency_sum.set(0.0);
@@ -325,27 +318,22 @@ impl Limiter {
         }
     }
 
-    fn end_window(&self, mean: f64, busy_share: f64) {
+    fn end_window(&self, mean: f64, starved: bool) {
         let baseline = (self.baseline.get() * (1.0 + BASELINE_DRIFT)).min(mean);
         self.baseline.set(baseline);
         let target = TOLERANCE * baseline + self.queue;
-        let lag = self
-            .window_lag
-            .get()
-            .max(self.previous_lag.get())
-            .as_secs_f64();
         let peak = f64::from(self.window_peak.get());
+        self.starved.set(starved);
         let limit = if mean <= target {
             let limit = self.limit.get();
             limit + limit.sqrt()
-        } else if peak > self.min && busy_share < SATURATED && mean > target + lag {
+        } else if peak > self.min && !starved {
             // From what was in flight, not from a bound that was not reached.
             self.limit.get().min(peak) * (target / mean).max(0.5)
         } else {
             // Slow answers with no more than the floor in flight are no queue
-            // (a hiccup of the machine, one slow command); a saturated
-            // worker's queue is its own, not Redis's; and so is the time its
-            // timers fire late (its cgroup throttled).
+            // (a hiccup of the machine, one slow command); and a worker short
+            // of CPU has its queue in itself, not in Redis.
             return;
         }
         .clamp(self.min, self.max);
@@ -356,6 +344,42 @@ impl Limiter {
             .limit
             .add(i64::from(rounded) - i64::from(previous));
     }
+}
+
+/// The `cpu.stat` of this process's cgroup (v2, or v1's cpu controller), as
+/// the container sees it.
+fn cpu_stat() -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut candidates = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            candidates.push(Path::new("/sys/fs/cgroup").join(path));
+            candidates.push(Path::new("/sys/fs/cgroup/unified").join(path));
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            candidates.push(Path::new("/sys/fs/cgroup").join(controllers).join(path));
+            candidates.push(Path::new("/sys/fs/cgroup/cpu").join(path));
+        }
+    }
+    candidates
+        .into_iter()
+        .map(|dir| dir.join("cpu.stat"))
+        .find(|file| throttled_in(file).is_some())
+}
+
+/// `nr_throttled` from `cpu.stat`: periods in which the CPU limit stopped the
+/// container.
+fn throttled_in(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn throttled(file: Option<&Path>) -> u64 {
+    file.and_then(throttled_in).unwrap_or(0)
 }
 
 /// How long this thread's runtime has been busy (not parked) since it started;

@@ -399,7 +399,7 @@ fn admission(
 
 pub const DEFAULT_ADMISSION_MAX_IN_FLIGHT: u32 = 256;
 pub const DEFAULT_ADMISSION_MIN_IN_FLIGHT: u32 = 8;
-pub const DEFAULT_ADMISSION_QUEUE_MS: u64 = 2;
+pub const DEFAULT_ADMISSION_QUEUE_MS: u64 = 100;
 const MAX_IN_FLIGHT: u32 = 1 << 20;
 
 /// Redis strings end at 512 MiB.

@@ -1,6 +1,7 @@
-//! Admission control on the real binary and a real redis-server: past
-//! capacity the API refuses the excess with fast 503s and keeps serving at
-//! capacity; a slow Redis lowers the bound; the bound comes back afterwards.
+//! Admission control on the real binary and a real redis-server: a slow
+//! Redis lowers the bound, the excess is refused at once, and the bound comes
+//! back afterwards; an API short of CPU keeps serving at capacity; a fixed
+//! bound refuses past it with 503 `overloaded`.
 
 mod support;
 
@@ -202,22 +203,12 @@ fn api_for(redis: &RedisServer, extra: &[(&str, &str)]) -> ApiProcess {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_far_past_capacity_gets_503s_while_the_api_serves_at_capacity() {
+async fn a_burst_past_a_cpu_limited_apis_capacity_keeps_it_serving_at_capacity() {
     let redis = RedisServer::start();
     redis.cli(&["SET", "hot", "value"]);
-    // Half a core: the test's own client, on the same cores, outruns it. A
-    // worker short of CPU keeps its ceiling (see admission.rs): 16, so that
-    // the burst goes past it; and this debug build spends a millisecond or
-    // more per request, a hundred times the release build, hence the wider
-    // ADMISSION_QUEUE_MS.
+    // Half a core: the test's own client, on the same cores, outruns it.
     let cpu = CpuLimit::new(500);
-    let api = api_for(
-        &redis,
-        &[
-            ("ADMISSION_MAX_IN_FLIGHT", "16"),
-            ("ADMISSION_QUEUE_MS", "100"),
-        ],
-    );
+    let api = api_for(&redis, &[]);
     cpu.add(api.pid());
     api.wait_ready().await;
 
@@ -251,24 +242,30 @@ async fn a_burst_far_past_capacity_gets_503s_while_the_api_serves_at_capacity() 
 
     let report = format!(
         "closed-loop capacity {:.0}/s; burst: {:.0} 200/s, {} 503s, other {:?}, {} errors; \
-         median latency 200 {:?}, 503 {:?}; lowest bound {lowest_limit}",
+         median latency 200 {:?}; lowest bound {lowest_limit}",
         capacity.ok_per_second(),
         burst.ok_per_second(),
         burst.shed.len(),
         &burst.other[..burst.other.len().min(5)],
         burst.errors,
         median(&mut burst.ok),
-        median(&mut burst.shed),
     );
     eprintln!("{report}");
-    assert!(burst.shed.len() > burst.ok.len() / 10, "{report}");
-    // Loose: in a debug build a refusal costs most of what an answer does.
+    // Short of CPU, the API refuses nothing: a refusal would cost most of
+    // what the answer it replaces does (see admission.rs).
     assert!(
-        burst.ok_per_second() >= 0.4 * capacity.ok_per_second(),
+        burst.ok_per_second() >= 0.5 * capacity.ok_per_second(),
         "{report}"
     );
     assert!(burst.other.is_empty() && burst.errors == 0, "{report}");
-    assert_eq!(lowest_limit, 16.0, "{report}");
+    // Refusals only at the onset, before a first window finds the worker throttled.
+    assert!(burst.shed.len() * 5 <= burst.ok.len(), "{report}");
+    let text = metrics(&api).await;
+    assert_eq!(
+        metric_value(&text, "read_api_admission_in_flight"),
+        Some(0.0),
+        "every place given back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,21 +276,23 @@ async fn a_slow_redis_lowers_the_bound_and_it_comes_back_when_redis_recovers() {
     api.wait_ready().await;
     let load = {
         let base = api.base.clone();
-        tokio::spawn(async move { hammer(&base, "/v1/keys/hot", 32, Duration::from_secs(6)).await })
+        tokio::spawn(
+            async move { hammer(&base, "/v1/keys/hot", 32, Duration::from_secs(10)).await },
+        )
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Redis stops for 100 ms out of every 110: every read waits for it, far
-    // longer than the worker waits for CPU on a busy machine.
+    // Redis stops for 500 ms out of every 510: every read waits for it, past
+    // ADMISSION_QUEUE_MS (100) and short of REDIS_TIMEOUT_MS (1000).
     let mut slow = std::process::Command::new("redis-cli")
         .args(["-p", &redis.port.to_string(), "-r", "1000", "-i", "0.01"])
-        .args(["DEBUG", "SLEEP", "0.1"])
+        .args(["DEBUG", "SLEEP", "0.5"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let lowered = wait_for(
         "the bound to go down and shed",
-        Duration::from_secs(8),
+        Duration::from_secs(15),
         || async {
             let text = metrics(&api).await;
             let bound = metric_value(&text, "read_api_admission_limit").unwrap();
