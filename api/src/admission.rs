@@ -20,8 +20,10 @@
 //! root per window, back up to `ADMISSION_MAX_IN_FLIGHT`.
 //!
 //! A worker short of CPU neither lowers its bound nor refuses anything: its
-//! runtime was busy for most of the last window, or the container's CPU
-//! limit throttled it (`nr_throttled` in its cgroup's `cpu.stat` went up).
+//! runtime was busy for most of the last window, the container's CPU limit
+//! throttled it (`nr_throttled` in its cgroup's `cpu.stat` went up), or a
+//! timer on its event loop (every 10 ms) fired late by a quarter of the mean
+//! latency or more (the machine's other work took the CPU).
 //! Its queue is then in its own sockets, which no bound reaches, and a
 //! refusal costs more than half of what an answer does (reading and parsing
 //! the request and writing the answer are most of the work), so every
@@ -67,6 +69,11 @@ const TOLERANCE: f64 = 2.0;
 /// A worker busy this share of a window is short of CPU: its latency is its
 /// own queue (see the module's doc), and the bound does not go down.
 const SATURATED: f64 = 0.9;
+/// How often each worker checks how late its own timers fire.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// A timer late by this share of the mean latency says the worker waited for
+/// CPU (the machine's other work) for a good part of that latency.
+const LATE_SHARE: f64 = 0.25;
 
 /// The middleware factory: one [`Limiter`] per worker.
 #[derive(Clone)]
@@ -100,6 +107,10 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         let limiter = (self.settings.mode != AdmissionMode::Off)
             .then(|| Rc::new(Limiter::new(self.settings, self.metrics.clone())));
+        if let Some(limiter) = limiter.as_ref().filter(|l| l.adaptive) {
+            // On the worker's own thread: actix builds each worker's services there.
+            tokio::task::spawn_local(probe(Rc::downgrade(limiter)));
+        }
         ready(Ok(AdmissionService {
             service,
             limiter,
@@ -209,6 +220,21 @@ impl Drop for Guard {
     }
 }
 
+/// Notes how late a timer fires on this worker, until the worker is gone.
+async fn probe(limiter: std::rc::Weak<Limiter>) {
+    loop {
+        let started = Instant::now();
+        tokio::time::sleep(PROBE_EVERY).await;
+        let late = started.elapsed().saturating_sub(PROBE_EVERY);
+        let Some(limiter) = limiter.upgrade() else {
+            return;
+        };
+        if late > limiter.window_lag.get() {
+            limiter.window_lag.set(late);
+        }
+    }
+}
+
 /// One worker's bound and what it has measured.
 pub struct Limiter {
     adaptive: bool,
@@ -228,6 +254,8 @@ pub struct Limiter {
     cpu_stat: Option<PathBuf>,
     /// Its `nr_throttled` when the window opened.
     window_throttled: Cell<u64>,
+    /// The latest the worker's probe fired during the window.
+    window_lag: Cell<Duration>,
     /// Whether the last window found the worker short of CPU.
     starved: Cell<bool>,
     window_start: Cell<Instant>,
@@ -253,6 +281,7 @@ impl Limiter {
             window_busy: Cell::new(busy_time()),
             cpu_stat: None,
             window_throttled: Cell::new(0),
+            window_lag: Cell::new(Duration::ZERO),
             starved: Cell::new(false),
             window_start: Cell::new(Instant::now()),
             samples: Cell::new(0),
@@ -304,10 +333,9 @@ impl Limiter {
                 / now.duration_since(self.window_start.get()).as_secs_f64();
             let periods = throttled(self.cpu_stat.as_deref());
             let throttled = periods > self.window_throttled.replace(periods);
-            self.end_window(
-                sum / f64::from(samples),
-                busy_share >= SATURATED || throttled,
-            );
+            let mean = sum / f64::from(samples);
+            let late = self.window_lag.replace(Duration::ZERO).as_secs_f64() >= mean * LATE_SHARE;
+            self.end_window(mean, busy_share >= SATURATED || throttled || late);
             self.window_peak.set(self.in_flight.get());
             self.window_start.set(now);
             self.samples.set(0);
