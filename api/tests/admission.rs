@@ -57,8 +57,14 @@ impl CpuLimit {
 
 impl Drop for CpuLimit {
     fn drop(&mut self) {
-        // The processes in it are gone by now (declared after it, dropped before it).
-        let _ = std::fs::remove_dir(&self.path);
+        // The processes in it were declared after it, so they are killed
+        // before it; the kernel may take a moment to let their group go.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
