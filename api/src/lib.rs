@@ -4,6 +4,8 @@
 //! - [`config`]: the environment, parsed and validated once at start.
 //! - [`startup`]: builds the public and admin servers, watches them and the
 //!   background tasks, and shuts them down.
+//! - [`admission`]: the bound on requests in flight per worker, past which
+//!   requests are refused (503 `overloaded`) before any work.
 //! - [`routes`]: the public route table (`/v1/keys`), one file per resource,
 //!   with HTTP caching (ETag, 304) and request ids.
 //! - [`store`]: the Redis side of a request: connection pool, timeouts, size
@@ -17,6 +19,7 @@
 //! - [`fault`]: failures the supervision tests inject (debug builds only).
 
 pub mod admin;
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod error;

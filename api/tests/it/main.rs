@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admission;
 mod auth;
 mod caching;
 mod hostile;
