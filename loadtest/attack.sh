@@ -4,17 +4,20 @@
 # throughput per rate.
 #
 # Engine: vegeta when it is on PATH, otherwise oha (installed by
-# loadtest/install-oha.sh) at the same fixed request rate. Both are normalised
-# to one result format (loadtest/lib/results.py); each line says which engine ran.
+# loadtest/install-oha.sh) with vegeta's semantics through loadtest/lib/openloop.py,
+# which writes vegeta's JSON report. Both are normalised to one result format
+# (loadtest/lib/results.py); each line says which engine ran.
 #
 #   BASE_URL     where the API answers (default http://127.0.0.1:8080)
 #   TARGET       known-key | random | batch (default known-key; see targets.sh)
 #   RATES        comma-separated requests/s (default 1000,5000,10000,20000)
 #   DURATION     seconds per step (default 10)
-#   CONNECTIONS  connections per target host (default 64); the rate is held whatever
-#                the answers take (open model: vegeta gets no -max-workers). oha keeps
-#                at most this many requests in flight and queues the rest itself;
-#                --latency-correction counts that wait in each request's latency
+#   CONNECTIONS  vegeta's idle connections per target host (default 64); the rate is
+#                held whatever the answers take (open model: vegeta gets no -max-workers)
+#   MAX_IN_FLIGHT  oha's cap on requests in flight (default 10000: large, as vegeta's
+#                unbounded workers; a tick that finds the cap reached waits, and the
+#                wait counts in its latency)
+#   TIMEOUT      seconds a request may take (default 5)
 #   LABEL        name of this series in results and plots (default: TARGET)
 #   OUT          results folder (default target/loadtest/LABEL)
 #   ENGINE       auto | vegeta | oha (default auto)
@@ -27,6 +30,8 @@ TARGET=${TARGET:-known-key}
 RATES=${RATES:-1000,5000,10000,20000}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-10000}
+TIMEOUT=${TIMEOUT:-5}
 LABEL=${LABEL:-$TARGET}
 OUT=${OUT:-$here/../target/loadtest/$LABEL}
 ENGINE=${ENGINE:-auto}
@@ -59,15 +64,15 @@ main() {
             # No -max-workers: capping workers would make the attack wait for answers
             # (a closed model) instead of holding the rate (the open model the ladder measures).
             "${pin[@]}" vegeta attack -targets="$OUT/targets.txt" -rate="$rate" -duration="${DURATION}s" \
-                -timeout=5s -connections="$CONNECTIONS" >"$step.bin"
+                -timeout="${TIMEOUT}s" -connections="$CONNECTIONS" >"$step.bin"
             vegeta report <"$step.bin" | tee "$step.txt" >&2
             vegeta report -type=json <"$step.bin" >"$step.json"
             python3 "$here/lib/results.py" vegeta "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
         else
             sed 's/^GET //' "$OUT/targets.txt" >"$OUT/urls.txt"
-            "${pin[@]}" oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNECTIONS" \
-                -t 5s --latency-correction --urls-from-file "$OUT/urls.txt" >"$step.json"
-            python3 "$here/lib/results.py" oha "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+            "${pin[@]}" python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$DURATION" \
+                --timeout "$TIMEOUT" --max-in-flight "$MAX_IN_FLIGHT" --out "$step" --urls "$OUT/urls.txt" >&2
+            python3 "$here/lib/results.py" vegeta "$step.json" --engine oha --label "$LABEL" --rate "$rate" >>"$summary"
         fi
         tail -n 1 "$summary" >&2
     done
