@@ -14,9 +14,8 @@
 #   DURATION     seconds per step (default 10)
 #   CONNECTIONS  vegeta's idle connections per target host (default 64); the rate is
 #                held whatever the answers take (open model: vegeta gets no -max-workers)
-#   MAX_IN_FLIGHT  oha's cap on requests in flight (default 10000: large, as vegeta's
-#                unbounded workers; a tick that finds the cap reached waits, and the
-#                wait counts in its latency)
+#   MAX_IN_FLIGHT  oha's cap on requests in flight (default 1.25 × rate × TIMEOUT: more
+#                than can be in flight, as vegeta's unbounded workers; see lib/openloop.py)
 #   TIMEOUT      seconds a request may take (default 5)
 #   LABEL        name of this series in results and plots (default: TARGET)
 #   OUT          results folder (default target/loadtest/LABEL)
@@ -30,7 +29,7 @@ TARGET=${TARGET:-known-key}
 RATES=${RATES:-1000,5000,10000,20000}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
-MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-10000}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-}
 TIMEOUT=${TIMEOUT:-5}
 LABEL=${LABEL:-$TARGET}
 OUT=${OUT:-$here/../target/loadtest/$LABEL}
@@ -48,8 +47,9 @@ main() {
             ;;
         *) echo "attack: ENGINE must be auto, vegeta or oha, not '$ENGINE'" >&2; exit 2 ;;
     esac
-    pin=()
+    pin=() cap=()
     [[ -n ${LOAD_CPUS:-} ]] && pin=(taskset -c "$LOAD_CPUS")
+    [[ -n $MAX_IN_FLIGHT ]] && cap=(--max-in-flight "$MAX_IN_FLIGHT")
 
     mkdir -p "$OUT"
     "$here/targets.sh" "$TARGET" "$BASE_URL" >"$OUT/targets.txt"
@@ -71,7 +71,7 @@ main() {
         else
             sed 's/^GET //' "$OUT/targets.txt" >"$OUT/urls.txt"
             "${pin[@]}" python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$DURATION" \
-                --timeout "$TIMEOUT" --max-in-flight "$MAX_IN_FLIGHT" --out "$step" --urls "$OUT/urls.txt" >&2
+                --timeout "$TIMEOUT" "${cap[@]}" --out "$step" --urls "$OUT/urls.txt" >&2
             python3 "$here/lib/results.py" vegeta "$step.json" --engine oha --label "$LABEL" --rate "$rate" >>"$summary"
         fi
         tail -n 1 "$summary" >&2

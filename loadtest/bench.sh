@@ -27,7 +27,6 @@
 #   OVERLOAD_PERIOD_US    its CFS period (default 10000: the shortest that takes a 10 % quota,
 #                   which is at least 1 ms; a throttled server waits up to period - quota)
 #   OVERLOAD_FACTORS      the API's offered rates in multiples of its capacity (default 0.5,2,5)
-#   MAX_IN_FLIGHT   the open-loop generator's cap (default 10000)
 # Output: target/bench/report.md (also on stdout), results.csv, ladder.svg, costs.json.
 set -euo pipefail
 
@@ -44,7 +43,6 @@ ROUNDS=${ROUNDS:-$([[ -n ${BENCH_QUICK:-} ]] && echo 1 || echo 3)}
 OVERLOAD_CPU=${OVERLOAD_CPU:-0.1}
 OVERLOAD_PERIOD_US=${OVERLOAD_PERIOD_US:-10000}
 OVERLOAD_FACTORS=${OVERLOAD_FACTORS:-0.5,2,5}
-MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-10000}
 
 # Ports of their own, so a running demo is left alone.
 export STATE_DIR="$out/topology" MASTER_PORT=26380 STUNNEL_PORT=26390 REPLICA_PORT=26379
@@ -143,7 +141,7 @@ open_loop() {
     local name=$1 factor=$2 capacity=$3 url=$4 rate run="$out/runs/overload-$1-$2x"
     rate=$(bench_py ladder-rates "$points" "$name-capacity" "$factor")
     "${load[@]}" python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$BENCH_SECONDS" --timeout 1 \
-        --max-in-flight "$MAX_IN_FLIGHT" --worker-threads 1 --out "$run" "$url" >&2
+        --worker-threads 1 --out "$run" "$url" >&2
     results vegeta "$run.json" --engine oha --label "$name" --rate "$rate" \
         --extra "factor=$factor" --extra "capacity=$capacity" | tee -a "$out/overload.jsonl" >&2
     wait_http "$url"
@@ -305,7 +303,7 @@ main() {
 
     bench_py costs "$out" sut_cpus="\"$SUT_CPUS\"" seconds_per_point="$BENCH_SECONDS" \
         connections="$CONNECTIONS" ladder="\"$LADDER\"" overload_cpu="$OVERLOAD_CPU" \
-        overload_period_us="$OVERLOAD_PERIOD_US" max_in_flight="$MAX_IN_FLIGHT"
+        overload_period_us="$OVERLOAD_PERIOD_US"
     "$here/plot.sh" "$out/ladder.svg" "$out/ladder-central.jsonl" "$out/ladder-sidecar.jsonl"
     python3 "$here/lib/bench_report.py" "$out" | tee "$out/report.md"
 }

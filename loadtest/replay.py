@@ -60,7 +60,6 @@ MASTER_LADDER = (1.2, 1.6, 2.0, 2.6)  # offered, in multiples of the master's on
 MASTER_PODS = (2, 4, 8)  # the pod counts its cost is measured at (at_pods: linear between them)
 OFFERED_UP_TO = 3.0  # the ladders' top step, in multiples of each configuration's predicted capacity
 TIMEOUT_S = 1  # a client that gives up after a second: past it an answer is a failure
-MAX_IN_FLIGHT = 4000  # per pod's generator: far above what a pod answers in TIMEOUT_S
 RESULTS = REPO / "loadtest/results"
 
 
@@ -143,7 +142,6 @@ def attack(pod, rate, seconds, label):
         "DURATION": str(seconds),
         "CONNECTIONS": "8",
         "TIMEOUT": str(TIMEOUT_S),
-        "MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "LABEL": label,
         "OUT": str(out),
         "ENGINE": "oha",

@@ -62,7 +62,7 @@ def overload_lines(rows, costs):
         "",
         f"Overload: each system in a cgroup of {costs.get('overload_cpu')} of one core (CFS period "
         f"{period:g} ms), its closed-loop capacity (wrk) measured there, then the open-loop generator "
-        f"(oha with vegeta's semantics, at most {costs.get('max_in_flight')} in flight, 1 s timeout) "
+        "(oha with vegeta's semantics, at most 1.25 × rate × timeout in flight, 1 s timeout) "
         f"at multiples of it:",
         "",
         "| system | capacity/s | offered | answered 200/s | ÷ capacity | 503/s | no answer/s | p99 ms | "

@@ -7,7 +7,11 @@ vegeta's semantics, and how oha keeps them:
     into an unbounded queue, whatever the server does;
   - in flight bounded only by a large cap: `-c MAX_IN_FLIGHT` workers take the
     ticks (vegeta's -max-workers); `--latency-correction` counts a tick's wait for
-    a worker in its latency, so a cap reached shows instead of hiding;
+    a worker in its latency, so a cap reached shows instead of hiding. By default
+    the cap is 1.25 × rate × timeout, more than can ever be in flight (a request
+    ends by its timeout), since oha hands ticks to its workers in turn and each
+    opens its own connection on first use: a cap of 10000 at 200/s would open
+    10000 connections where vegeta, reusing idle ones, opens a few;
   - a per-request timeout: `-t`;
   - requests still in flight at the end are waited for (`-w`), as vegeta's attack does.
 
@@ -20,7 +24,7 @@ answer is status 0, as in vegeta; a timeout counts at the timeout in the overall
 latencies (vegeta measures it about so), any other failure at 0 (oha keeps no
 time for it: refused and reset connections fail at once).
 
-  openloop.py attack --rate R --duration S [--timeout 1] [--max-in-flight 10000]
+  openloop.py attack --rate R --duration S [--timeout 1] [--max-in-flight N]
                      [--worker-threads N] --out PREFIX (URL | --urls FILE)
         runs oha; writes PREFIX.oha.json, PREFIX.db and PREFIX.json (the report)
   openloop.py report OHA_JSON DB --started EPOCH_S --timeout S
@@ -31,6 +35,7 @@ import argparse
 import http
 import json
 import math
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -43,11 +48,11 @@ SUCCESS = range(200, 400)
 NS = 1e9
 
 
-def oha_command(rate, duration, timeout, max_in_flight, json_out, db, target, urls_file=False, worker_threads=None):
+def oha_command(rate, duration, timeout, cap, json_out, db, target, urls_file=False, worker_threads=None):
     """oha's arguments for one open-loop attack (see the module's doc for why each)."""
     command = [
         "oha", "--no-tui", "--output-format", "json", "-o", str(json_out),
-        "-z", f"{duration}s", "-q", str(rate), "-c", str(max_in_flight), "-t", f"{timeout}s",
+        "-z", f"{duration}s", "-q", str(rate), "-c", str(cap), "-t", f"{timeout}s",
         "--latency-correction", "-w", "--db-url", str(db),
     ]  # fmt: skip
     if worker_threads:
@@ -55,6 +60,16 @@ def oha_command(rate, duration, timeout, max_in_flight, json_out, db, target, ur
     if urls_file:
         command.append("--urls-from-file")
     return command + [str(target)]
+
+
+def max_in_flight(rate, timeout, cap=None):
+    """CAP, or by default 1.25 × what can be in flight at once; within the file descriptors
+    oha may open (the soft limit raised to the hard one: a connection each, and a few spare)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    wanted = cap or max(100, math.ceil(1.25 * rate * timeout))
+    return min(wanted, max(hard - 200, 1))
 
 
 def quantile(ordered, q):
@@ -169,13 +184,15 @@ def timeline(dbs, rate, seconds):
     return out
 
 
-def attack(rate, duration, timeout, max_in_flight, out, target, urls_file=False, worker_threads=None, pin=()):
-    """One open-loop attack: OUT.oha.json and OUT.db (oha's), OUT.json (the vegeta-shaped report)."""
+def attack(rate, duration, timeout, cap, out, target, urls_file=False, worker_threads=None, pin=()):
+    """One open-loop attack: OUT.oha.json and OUT.db (oha's), OUT.json (the vegeta-shaped report);
+    CAP in flight at most (None: see max_in_flight)."""
     out = str(out)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     oha_json, db = Path(out + ".oha.json"), Path(out + ".db")
     db.unlink(missing_ok=True)  # oha appends to an existing database
-    command = oha_command(rate, duration, timeout, max_in_flight, oha_json, db, target, urls_file, worker_threads)
+    cap = max_in_flight(rate, timeout, cap)
+    command = oha_command(rate, duration, timeout, cap, oha_json, db, target, urls_file, worker_threads)
     started = time.time()
     result = subprocess.run([*pin, *command], capture_output=True, text=True)
     if result.returncode != 0:
@@ -198,7 +215,7 @@ def main(argv):
     a.add_argument("--rate", type=float, required=True, help="offered requests/s")
     a.add_argument("--duration", type=float, required=True, help="seconds of arrivals")
     a.add_argument("--timeout", type=float, default=1.0, help="seconds per request (default 1)")
-    a.add_argument("--max-in-flight", type=int, default=10000, help="the large cap (default 10000)")
+    a.add_argument("--max-in-flight", type=int, help="the cap (default 1.25 × rate × timeout)")
     a.add_argument("--worker-threads", type=int, help="oha's threads (default: one per core)")
     a.add_argument("--out", required=True, help="PREFIX of the files written")
     a.add_argument("--urls", help="a file of URLs, one a line, taken in turn")
@@ -214,7 +231,7 @@ def main(argv):
         return
     if bool(args.urls) == bool(args.url):
         parser.error("attack takes one URL or --urls FILE")
-    if args.rate <= 0 or args.duration <= 0 or args.timeout <= 0 or args.max_in_flight <= 0:
+    if args.rate <= 0 or args.duration <= 0 or args.timeout <= 0 or (args.max_in_flight or 1) <= 0:
         parser.error("--rate, --duration, --timeout and --max-in-flight must be positive")
     result = attack(args.rate, args.duration, args.timeout, args.max_in_flight, args.out,
                     args.urls or args.url, bool(args.urls), args.worker_threads)  # fmt: skip
