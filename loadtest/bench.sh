@@ -137,11 +137,13 @@ ladder() {
 
 # One open-loop step of NAME at FACTOR × CAPACITY against URL, 1 s per request as a
 # client that gives up; waits for URL to answer again, so that no step inherits the last one's queue.
+# The generator is not pinned: the server has a tenth of a core, and on one core of its own
+# the generator fell behind at 5 × (a new connection for every request that timed out).
 open_loop() {
     local name=$1 factor=$2 capacity=$3 url=$4 rate run="$out/runs/overload-$1-$2x"
     rate=$(bench_py ladder-rates "$points" "$name-capacity" "$factor")
-    "${load[@]}" python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$BENCH_SECONDS" --timeout 1 \
-        --worker-threads 1 --out "$run" "$url" >&2
+    python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$BENCH_SECONDS" --timeout 1 \
+        --worker-threads 2 --out "$run" "$url" >&2
     results vegeta "$run.json" --engine oha --label "$name" --rate "$rate" \
         --extra "factor=$factor" --extra "capacity=$capacity" | tee -a "$out/overload.jsonl" >&2
     wait_http "$url"

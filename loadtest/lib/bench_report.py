@@ -65,16 +65,19 @@ def overload_lines(rows, costs):
         "(oha with vegeta's semantics, at most 1.25 × rate × timeout in flight, 1 s timeout) "
         f"at multiples of it:",
         "",
-        "| system | capacity/s | offered | answered 200/s | ÷ capacity | 503/s | no answer/s | p99 ms | "
+        "(not sent: ticks the generator had not sent when arrivals stopped, on a machine too busy for the rate.)",
+        "",
+        "| system | capacity/s | offered | answered 200/s | ÷ capacity | 503/s | no answer/s | not sent/s | p99 ms | "
         "p99 of the 200s ms | p99 of the 503s ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         seconds = r["duration_s"] or 1
         lines.append(
             f"| {r['label']} | {r['capacity']:.0f} | {r['factor']:g} × ({r['offered_rate']:.0f}/s) "
             f"| {r['throughput']:.0f} | {r['throughput'] / r['capacity']:.2f} | {r.get('shed', 0) / seconds:.0f} "
-            f"| {r.get('failed', 0) / seconds:.0f} | {r['p99_ms']:.3f} | {ms(r.get('p99_ms_200'))} "
+            f"| {r.get('failed', 0) / seconds:.0f} | {r.get('unsent', 0) / seconds:.0f} "
+            f"| {r['p99_ms']:.3f} | {ms(r.get('p99_ms_200'))} "
             f"| {ms(r.get('p99_ms_503'))} |"
         )
     at = {(r["label"], r["factor"]): r for r in rows}

@@ -22,12 +22,15 @@ duration, wait, requests, rate, throughput, success, status_codes, errors), plus
 from oha's record of every answered request (`--db-url`). A request that got no
 answer is status 0, as in vegeta; a timeout counts at the timeout in the overall
 latencies (vegeta measures it about so), any other failure at 0 (oha keeps no
-time for it: refused and reset connections fail at once).
+time for it: refused and reset connections fail at once). One more field, `unsent`:
+the ticks oha had not sent when arrivals stopped (its workers behind, on a machine
+too busy for the rate); vegeta would have sent them, so a report with many says
+the generator, not the server, set the pace.
 
   openloop.py attack --rate R --duration S [--timeout 1] [--max-in-flight N]
                      [--worker-threads N] --out PREFIX (URL | --urls FILE)
         runs oha; writes PREFIX.oha.json, PREFIX.db and PREFIX.json (the report)
-  openloop.py report OHA_JSON DB --started EPOCH_S --timeout S
+  openloop.py report OHA_JSON DB --started EPOCH_S --timeout S --rate R --duration S
         the report of a finished oha run, on stdout
 """
 
@@ -108,8 +111,8 @@ def answered(db):
     return [(start, end, round(duration * NS), status, size) for start, end, duration, status, size in rows]
 
 
-def report(oha_json, db, started, timeout):
-    """vegeta's JSON report of an oha run that began at STARTED (epoch seconds)."""
+def report(oha_json, db, started, timeout, rate, seconds):
+    """vegeta's JSON report of an oha run of RATE for SECONDS that began at STARTED (epoch s)."""
     data = json.loads(Path(oha_json).read_text())
     rows = answered(db)
     codes = {}
@@ -124,14 +127,14 @@ def report(oha_json, db, started, timeout):
     timeouts = sum(n for e, n in failures.items() if e == "timeout")
     every = [latency for _, _, latency, _, _ in rows] + [round(timeout * NS)] * timeouts + [0] * (failed - timeouts)
     requests = len(rows) + failed
-    # Unanswered requests have no times of their own: the span comes from the answered ones,
-    # stretched to the run's own length when they end earlier (a server that never answers).
-    earliest = min((r[0] for r in rows), default=0.0)
+    # Unanswered requests have no times of their own, but oha's ticks do: the first at 0, the
+    # rest 1/RATE apart; and the run ends when its last request has (oha's total).
+    earliest = 0.0 if failed else min((r[0] for r in rows), default=0.0)
     latest = max((r[0] for r in rows), default=0.0)
     end = max((r[1] for r in rows), default=0.0)
-    total_s = data["summary"]["total"]
-    if failed and not rows:
-        latest, end = max(total_s - timeout, 0.0), total_s
+    if failed:
+        latest = max(latest, (requests - 1) / rate)
+        end = max(end, data["summary"]["total"])
     duration, wait = latest - earliest, max(end - latest, 0.0)
     successes = sum(1 for r in rows if r[3] in SUCCESS)
     errors = sorted(failures) + [
@@ -155,6 +158,7 @@ def report(oha_json, db, started, timeout):
         "success": successes / requests if requests else 0.0,
         "status_codes": codes,
         "errors": errors,
+        "unsent": max(math.floor(rate * seconds) - requests, 0),
     }
 
 
@@ -203,7 +207,7 @@ def attack(rate, duration, timeout, cap, out, target, urls_file=False, worker_th
             "CREATE TABLE oha (url TEXT, start REAL, start_latency_correction REAL, end REAL, duration REAL,"
             " status INTEGER, len_bytes INTEGER, run INTEGER)"
         ).connection.close()
-    result = report(oha_json, db, started, timeout)
+    result = report(oha_json, db, started, timeout, rate, duration)
     Path(out + ".json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -225,9 +229,12 @@ def main(argv):
     r.add_argument("db")
     r.add_argument("--started", type=float, required=True, help="epoch seconds oha started at")
     r.add_argument("--timeout", type=float, required=True)
+    r.add_argument("--rate", type=float, required=True)
+    r.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
     if args.command == "report":
-        print(json.dumps(report(args.oha_json, args.db, args.started, args.timeout), indent=1))
+        result = report(args.oha_json, args.db, args.started, args.timeout, args.rate, args.duration)
+        print(json.dumps(result, indent=1))
         return
     if bool(args.urls) == bool(args.url):
         parser.error("attack takes one URL or --urls FILE")

@@ -6,8 +6,9 @@ A result is one JSON line:
    "success_ratio", "throughput", "p50_ms", "p95_ms", "p99_ms", "max_ms"}
 where `ok` counts HTTP 200 answers, success_ratio = ok / requests, and
 throughput = ok / duration_s. From a vegeta report, also `shed` (503s), `failed`
-(no answer) and, where the report has each status's latencies (lib/openloop.py),
-p50_ms_CODE and p99_ms_CODE.
+(no answer), `unsent` (lib/openloop.py: ticks its generator fell behind on) and,
+where the report has each status's latencies (lib/openloop.py), p50_ms_CODE and
+p99_ms_CODE.
 
   results.py oha FILE --label L --rate R         an `oha --output-format json` file
   results.py vegeta FILE --label L --rate R [--engine oha]
@@ -105,7 +106,7 @@ def from_vegeta(path, label, rate):
             ms(latencies["99th"]),
             ms(latencies["max"]),
         )
-        | {"shed": codes.get("503", 0), "failed": codes.get("0", 0)}
+        | {"shed": codes.get("503", 0), "failed": codes.get("0", 0), "unsent": data.get("unsent", 0)}
         | by_status
     )
 

@@ -131,7 +131,7 @@ def test_the_report_has_vegetas_shape_and_each_status_its_own_latencies(tmp_path
         tick = i / 100
         rows.append((tick + 0.0005, tick, tick + latency, latency, status, 10))
     oha_json, db = oha_run(tmp_path, rows, {"timeout": 3, "connection refused": 1, "aborted due to deadline": 0})
-    r = openloop.report(oha_json, db, started=1_700_000_000.0, timeout=1.0)
+    r = openloop.report(oha_json, db, started=1_700_000_000.0, timeout=1.0, rate=100, seconds=1.1)
     assert set(r) >= {"latencies", "bytes_in", "bytes_out", "earliest", "latest", "end", "duration", "wait",
                       "requests", "rate", "throughput", "success", "status_codes", "errors"}  # fmt: skip
     assert set(r["latencies"]) == {"total", "mean", "50th", "90th", "95th", "99th", "max", "min"}
@@ -144,25 +144,34 @@ def test_the_report_has_vegetas_shape_and_each_status_its_own_latencies(tmp_path
     # The three timeouts at the timeout, the refusal at 0.
     assert r["latencies"]["max"] == 1_000_000_000 and r["latencies"]["min"] == 0
     assert r["bytes_in"]["total"] == 1000
-    assert r["duration"] == 990_000_000  # the first tick to the last
-    assert r["wait"] == 4_000_000  # the last tick to the end of its answer, a 503 of 4 ms
-    assert r["earliest"] == "2023-11-14T22:13:20Z" and r["latest"].startswith("2023-11-14T22:13:20.99")
-    assert r["rate"] == pytest.approx(104 / 0.99)
-    assert r["throughput"] == pytest.approx(60 / (0.99 + 0.004))
+    # The first tick to the last, the 104th at 1.03 s; then to the end of the run, oha's total.
+    assert (r["duration"], r["wait"]) == (1_030_000_000, 970_000_000)
+    assert r["earliest"] == "2023-11-14T22:13:20Z" and r["latest"].startswith("2023-11-14T22:13:21.03")
+    assert r["rate"] == pytest.approx(104 / 1.03)
+    assert r["throughput"] == pytest.approx(60 / 2.0)
+    assert r["unsent"] == 110 - 104
+
+
+def test_a_run_answered_in_full_spans_its_answers(tmp_path):
+    rows = [(i / 100, i / 100, i / 100 + 0.004, 0.004, 200, 1) for i in range(100)]
+    oha_json, db = oha_run(tmp_path, rows, {})
+    r = openloop.report(oha_json, db, started=0.0, timeout=1.0, rate=100, seconds=1.0)
+    assert (r["duration"], r["wait"], r["unsent"]) == (990_000_000, 4_000_000, 0)
+    assert r["throughput"] == pytest.approx(100 / 0.994)
 
 
 def test_a_run_answered_by_nothing_spans_the_run(tmp_path):
     oha_json, db = oha_run(tmp_path, [], {"timeout": 50}, total=3.0)
-    r = openloop.report(oha_json, db, started=0.0, timeout=1.0)
+    r = openloop.report(oha_json, db, started=0.0, timeout=1.0, rate=25, seconds=2)
     assert r["requests"] == 50 and r["status_codes"] == {"0": 50} and r["latencies_by_status"] == {}
-    assert (r["duration"], r["wait"], r["throughput"]) == (2_000_000_000, 1_000_000_000, 0.0)
+    assert (r["duration"], r["wait"], r["throughput"]) == (1_960_000_000, 1_040_000_000, 0.0)
 
 
 def test_vegeta_reports_normalise_with_the_latencies_of_each_status(tmp_path):
     rows = [(i / 100, i / 100, i / 100 + 0.002, 0.002, 200 if i % 2 else 503, 5) for i in range(100)]
     oha_json, db = oha_run(tmp_path, rows, {})
     path = tmp_path / "report.json"
-    path.write_text(json.dumps(openloop.report(oha_json, db, started=0.0, timeout=1.0)))
+    path.write_text(json.dumps(openloop.report(oha_json, db, started=0.0, timeout=1.0, rate=100, seconds=1)))
     r = results.from_vegeta(path, "x", 100)
     assert (r["requests"], r["ok"], r["shed"]) == (100, 50, 50)
     assert r["p99_ms_200"] == r["p99_ms_503"] == 2.0
