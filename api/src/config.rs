@@ -115,6 +115,32 @@ pub struct Settings {
     pub cache_max_bytes: usize,
     /// Values longer than this are read from Redis every time.
     pub cache_max_value_bytes: usize,
+    /// The bound on requests in flight per HTTP worker (see `admission`).
+    pub admission: AdmissionSettings,
+}
+
+/// How requests past capacity are refused (see `admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionMode {
+    /// The bound follows latency between `min_in_flight` and `max_in_flight`.
+    Adaptive,
+    /// The bound is `max_in_flight`.
+    Fixed,
+    /// Every request is admitted.
+    Off,
+}
+
+/// `ADMISSION`, `ADMISSION_MAX_IN_FLIGHT`, `ADMISSION_MIN_IN_FLIGHT`, `ADMISSION_QUEUE_MS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionSettings {
+    pub mode: AdmissionMode,
+    /// Per worker: the fixed bound, or the ceiling of the adaptive one.
+    pub max_in_flight: u32,
+    /// Per worker: the floor of the adaptive bound.
+    pub min_in_flight: u32,
+    /// The wait, on top of twice the latency seen without load, that the
+    /// adaptive bound accepts before it goes down.
+    pub queue: Duration,
 }
 
 /// The environment as envy reads it: every variable optional and still text, so
@@ -143,6 +169,10 @@ struct RawSettings {
     replica_poll_ms: Option<String>,
     cache_max_bytes: Option<String>,
     cache_max_value_bytes: Option<String>,
+    admission: Option<String>,
+    admission_max_in_flight: Option<String>,
+    admission_min_in_flight: Option<String>,
+    admission_queue_ms: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -238,9 +268,16 @@ impl Settings {
                 format!("must be at most CACHE_MAX_BYTES / 16 ({}), so that the cache holds more than a handful of its largest values; got {cache_max_value_bytes}", cache_max_bytes / 16),
             ));
         }
+        let admission = admission(
+            raw.admission,
+            raw.admission_max_in_flight,
+            raw.admission_min_in_flight,
+            raw.admission_queue_ms,
+        )?;
         Ok(Self {
             cache_max_bytes,
             cache_max_value_bytes,
+            admission,
             redis,
             redis_ca_file,
             redis_pool_size: number("REDIS_POOL_SIZE", raw.redis_pool_size, 1..=256, 1)?,
@@ -307,6 +344,63 @@ impl Settings {
         })
     }
 }
+
+/// The admission settings; the reason for each default is in docs/overload.md.
+fn admission(
+    mode: Option<String>,
+    max_in_flight: Option<String>,
+    min_in_flight: Option<String>,
+    queue_ms: Option<String>,
+) -> Result<AdmissionSettings, ConfigError> {
+    let mode = match mode.as_deref().map(str::trim) {
+        None | Some("adaptive") => AdmissionMode::Adaptive,
+        Some("fixed") => AdmissionMode::Fixed,
+        Some("off") => AdmissionMode::Off,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "ADMISSION",
+                format!("expected 'adaptive', 'fixed' or 'off', got '{other}'"),
+            ))
+        }
+    };
+    let max_in_flight = number(
+        "ADMISSION_MAX_IN_FLIGHT",
+        max_in_flight,
+        1..=MAX_IN_FLIGHT,
+        DEFAULT_ADMISSION_MAX_IN_FLIGHT,
+    )?;
+    let min_in_flight = number(
+        "ADMISSION_MIN_IN_FLIGHT",
+        min_in_flight,
+        1..=MAX_IN_FLIGHT,
+        DEFAULT_ADMISSION_MIN_IN_FLIGHT.min(max_in_flight),
+    )?;
+    if min_in_flight > max_in_flight {
+        return Err(ConfigError::new(
+            "ADMISSION_MIN_IN_FLIGHT",
+            format!(
+                "must be at most ADMISSION_MAX_IN_FLIGHT ({max_in_flight}), got {min_in_flight}"
+            ),
+        ));
+    }
+    let queue = Duration::from_millis(number(
+        "ADMISSION_QUEUE_MS",
+        queue_ms,
+        0..=60_000,
+        DEFAULT_ADMISSION_QUEUE_MS,
+    )?);
+    Ok(AdmissionSettings {
+        mode,
+        max_in_flight,
+        min_in_flight,
+        queue,
+    })
+}
+
+pub const DEFAULT_ADMISSION_MAX_IN_FLIGHT: u32 = 256;
+pub const DEFAULT_ADMISSION_MIN_IN_FLIGHT: u32 = 8;
+pub const DEFAULT_ADMISSION_QUEUE_MS: u64 = 2;
+const MAX_IN_FLIGHT: u32 = 1 << 20;
 
 /// Redis strings end at 512 MiB.
 const MAX_REDIS_STRING: usize = 512 << 20;
@@ -495,6 +589,39 @@ mod tests {
         assert_eq!(s.heartbeat_key.as_deref(), Some("read-api:heartbeat"));
         assert_eq!(s.cache_max_bytes, 16 << 20);
         assert_eq!(s.cache_max_value_bytes, 64 << 10);
+        assert_eq!(
+            s.admission,
+            AdmissionSettings {
+                mode: AdmissionMode::Adaptive,
+                max_in_flight: DEFAULT_ADMISSION_MAX_IN_FLIGHT,
+                min_in_flight: DEFAULT_ADMISSION_MIN_IN_FLIGHT,
+                queue: Duration::from_millis(DEFAULT_ADMISSION_QUEUE_MS),
+            }
+        );
+    }
+
+    #[test]
+    fn admission_turns_off_or_fixed_and_keeps_its_floor_under_its_ceiling() {
+        let mode = |value| settings(&[("ADMISSION", value)]).unwrap().admission.mode;
+        assert_eq!(mode("off"), AdmissionMode::Off);
+        assert_eq!(mode("fixed"), AdmissionMode::Fixed);
+        assert_eq!(mode("adaptive"), AdmissionMode::Adaptive);
+        // A ceiling under the default floor takes the floor down with it.
+        let s = settings(&[("ADMISSION_MAX_IN_FLIGHT", "2")]).unwrap();
+        assert_eq!(
+            (s.admission.min_in_flight, s.admission.max_in_flight),
+            (2, 2)
+        );
+        let err = settings(&[
+            ("ADMISSION_MAX_IN_FLIGHT", "16"),
+            ("ADMISSION_MIN_IN_FLIGHT", "17"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "ADMISSION_MIN_IN_FLIGHT");
+        assert!(
+            err.problem.contains("ADMISSION_MAX_IN_FLIGHT (16)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -555,6 +682,13 @@ mod tests {
             ("CACHE_MAX_BYTES", "-1"),
             ("CACHE_MAX_BYTES", "16MiB"),
             ("CACHE_MAX_VALUE_BYTES", "0"),
+            ("ADMISSION", "on"),
+            ("ADMISSION_MAX_IN_FLIGHT", "0"),
+            ("ADMISSION_MAX_IN_FLIGHT", "lots"),
+            ("ADMISSION_MIN_IN_FLIGHT", "0"),
+            ("ADMISSION_MIN_IN_FLIGHT", "-1"),
+            ("ADMISSION_QUEUE_MS", "60001"),
+            ("ADMISSION_QUEUE_MS", "2ms"),
         ];
         for (variable, value) in cases {
             let err = settings(&[(variable, value)]).expect_err(variable);

@@ -35,7 +35,14 @@ pub enum ApiError {
     Unavailable(#[source] StoreError),
     #[error("redis answered unexpectedly")]
     BadGateway(#[source] StoreError),
+    /// Refused by admission control before any work: the worker is at its bound.
+    #[error("the API is at capacity, retry shortly")]
+    Overloaded,
 }
+
+/// `Retry-After` of every 503: a second is long enough for a burst to pass
+/// or Redis to come back, and short enough that clients barely notice.
+pub const RETRY_AFTER_SECONDS: &str = "1";
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -57,7 +64,17 @@ impl ApiError {
             Self::ResponseTooLarge { .. } => "response_too_large",
             Self::Unavailable(_) => "unavailable",
             Self::BadGateway(_) => "bad_gateway",
+            Self::Overloaded => "overloaded",
         }
+    }
+
+    /// The JSON body of the answer, as bytes (for answers built ahead of time).
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody {
+            error: self.code(),
+            message: &self.to_string(),
+        })
+        .expect("two strings always encode")
     }
 }
 
@@ -85,7 +102,7 @@ impl ResponseError for ApiError {
             | Self::ValueNotUtf8(_)
             | Self::ValueTooLarge { .. }
             | Self::ResponseTooLarge { .. } => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -94,8 +111,8 @@ impl ResponseError for ApiError {
         let message = self.to_string();
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::Unavailable(_) => {
-                response.insert_header((header::RETRY_AFTER, "1"));
+            Self::Unavailable(_) | Self::Overloaded => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
             Self::MethodNotAllowed => {
                 response.insert_header((header::ALLOW, "GET, HEAD"));

@@ -3,6 +3,8 @@
 //! Data flows one way through the modules:
 //! - [`config`]: the environment, parsed and validated once at start.
 //! - [`startup`]: builds the public and admin servers, and shuts them down.
+//! - [`admission`]: the bound on requests in flight per worker, past which
+//!   requests are refused (503 `overloaded`) before any work.
 //! - [`routes`]: the public route table (`/v1/keys`), one file per resource,
 //!   with HTTP caching (ETag, 304) and request ids.
 //! - [`store`]: the Redis side of a request: connection pool, timeouts, size
@@ -15,6 +17,7 @@
 //! - [`error`]: every failure mapped to an HTTP status and a stable JSON body.
 
 pub mod admin;
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -37,6 +37,10 @@ pub const CACHE_FLUSHES_TOTAL: &str = "read_api_cache_flushes_total";
 pub const CACHE_ENTRIES: &str = "read_api_cache_entries";
 pub const CACHE_BYTES: &str = "read_api_cache_bytes";
 pub const CACHE_TRACKING_UP: &str = "read_api_cache_tracking_up";
+pub const ADMISSION_ADMITTED_TOTAL: &str = "read_api_admission_admitted_total";
+pub const ADMISSION_SHED_TOTAL: &str = "read_api_admission_shed_total";
+pub const ADMISSION_LIMIT: &str = "read_api_admission_limit";
+pub const ADMISSION_IN_FLIGHT: &str = "read_api_admission_in_flight";
 
 /// 50 µs to 1 s: a local replica answers in tens of microseconds, a remote
 /// master over TLS in milliseconds, and anything near a second is an outage.
@@ -65,6 +69,23 @@ pub struct Metrics {
     pub replica_offset_bytes: IntGauge,
     pub replica_heartbeat_age_seconds: Gauge,
     pub cache: CacheMetrics,
+    pub admission: AdmissionMetrics,
+}
+
+/// Why admission control refused a request: the worker was at
+/// `ADMISSION_MAX_IN_FLIGHT`, or at a bound the latency had lowered below it.
+pub const SHED_REASONS: [&str; 2] = ["max_in_flight", "latency"];
+
+/// Admission control's counters and gauges (see `admission`); the gauges
+/// add up every worker's share.
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    pub admitted: IntCounter,
+    /// One per entry of [`SHED_REASONS`], resolved at start.
+    pub shed: [IntCounter; SHED_REASONS.len()],
+    shed_vec: IntCounterVec,
+    pub limit: IntGauge,
+    pub in_flight: IntGauge,
 }
 
 /// The value cache's counters and gauges (see `cache`).
@@ -168,8 +189,33 @@ impl Metrics {
                 "1 while the tracking connection receives invalidations and the value cache serves; 0 while it is bypassed.",
             ),
         };
+        let shed = IntCounterVec::new(
+            Opts::new(
+                ADMISSION_SHED_TOTAL,
+                "Requests refused with 503 overloaded before any work, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let admission = AdmissionMetrics {
+            admitted: counter(
+                ADMISSION_ADMITTED_TOTAL,
+                "Requests admitted by admission control (all of them while it is off).",
+            ),
+            shed: SHED_REASONS.map(|reason| shed.with_label_values(&[reason])),
+            shed_vec: shed,
+            limit: gauge(
+                ADMISSION_LIMIT,
+                "Requests the workers admit at once, summed over workers; 0 while admission control is off.",
+            ),
+            in_flight: gauge(
+                ADMISSION_IN_FLIGHT,
+                "Requests admitted and not yet answered, summed over workers.",
+            ),
+        };
         let metrics = Self {
             cache,
+            admission,
             http_requests,
             http_duration,
             redis_errors,
@@ -229,6 +275,10 @@ impl Metrics {
             Box::new(metrics.cache.entries.clone()),
             Box::new(metrics.cache.bytes.clone()),
             Box::new(metrics.cache.tracking_up.clone()),
+            Box::new(metrics.admission.admitted.clone()),
+            Box::new(metrics.admission.shed_vec.clone()),
+            Box::new(metrics.admission.limit.clone()),
+            Box::new(metrics.admission.in_flight.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

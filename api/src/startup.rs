@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     admin::{self, AdminState},
+    admission::Admission,
     cache::{self, ValueCache},
     config::{ConfigError, Settings},
     metrics::Metrics,
@@ -79,6 +80,7 @@ impl Application {
             .map_err(|_| ConfigError::new("CACHE_CONTROL", "not a valid header value"))?;
         let grace_seconds = settings.shutdown_grace.as_secs();
         let public = {
+            let admission = Admission::new(settings.admission, metrics.admission.clone());
             let metrics = metrics.clone();
             let store_config = store_config.clone();
             let readiness = readiness.clone();
@@ -97,6 +99,8 @@ impl Application {
                         close_while_draining(readiness.clone(), req, next)
                     }))
                     .wrap(from_fn(routes::request_id))
+                    // Outermost, so that a refusal costs as little as possible.
+                    .wrap(admission.clone())
                     .configure(|cfg| routes::configure(cfg, state, &metrics))
             })
             .workers(settings.workers)

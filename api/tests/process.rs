@@ -42,6 +42,7 @@ fn bad_configuration_stops_the_process_with_one_line_naming_the_variable() {
         ("MAX_VALUE_BYTES", "0"),
         ("MAX_BATCH_RESPONSE_BYTES", "lots"),
         ("CACHE_CONTROL", "max-age = 5"),
+        ("ADMISSION_MIN_IN_FLIGHT", "none"),
     ];
     for (variable, value) in cases {
         let output = run_with(&[(variable, value)]);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use read_api::config::{LogFormat, Settings};
+use read_api::config::{AdmissionMode, LogFormat, Settings};
 
 const README: &str = include_str!("../../README.md");
 const CONFIG_SOURCE: &str = include_str!("../src/config.rs");
@@ -81,6 +81,14 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
         "REPLICA_POLL_MS" => millis(settings.replica_poll),
         "CACHE_MAX_BYTES" => settings.cache_max_bytes.to_string(),
         "CACHE_MAX_VALUE_BYTES" => settings.cache_max_value_bytes.to_string(),
+        "ADMISSION" => match settings.admission.mode {
+            AdmissionMode::Adaptive => "adaptive".to_owned(),
+            AdmissionMode::Fixed => "fixed".to_owned(),
+            AdmissionMode::Off => "off".to_owned(),
+        },
+        "ADMISSION_MAX_IN_FLIGHT" => settings.admission.max_in_flight.to_string(),
+        "ADMISSION_MIN_IN_FLIGHT" => settings.admission.min_in_flight.to_string(),
+        "ADMISSION_QUEUE_MS" => millis(settings.admission.queue),
         other => panic!("README.md documents {other}, which this test does not know: add it here"),
     }
 }
