@@ -14,8 +14,8 @@
 #   DURATION     seconds per step (default 10)
 #   CONNECTIONS  vegeta's idle connections per target host (default 64); the rate is
 #                held whatever the answers take (open model: vegeta gets no -max-workers)
-#   MAX_IN_FLIGHT  oha's cap on requests in flight (default 1.25 × rate × TIMEOUT: more
-#                than can be in flight, as vegeta's unbounded workers; see lib/openloop.py)
+#   MAX_IN_FLIGHT  oha's cap on requests in flight (default 1.25 × rate × TIMEOUT, up to
+#                1000; see lib/openloop.py)
 #   TIMEOUT      seconds a request may take (default 5)
 #   LABEL        name of this series in results and plots (default: TARGET)
 #   OUT          results folder (default target/loadtest/LABEL)

@@ -62,10 +62,11 @@ def overload_lines(rows, costs):
         "",
         f"Overload: each system in a cgroup of {costs.get('overload_cpu')} of one core (CFS period "
         f"{period:g} ms), its closed-loop capacity (wrk) measured there, then the open-loop generator "
-        "(oha with vegeta's semantics, at most 1.25 × rate × timeout in flight, 1 s timeout) "
+        "(oha with vegeta's semantics, at most 1.25 × rate × timeout in flight up to 1000, 1 s timeout) "
         f"at multiples of it:",
         "",
-        "(not sent: ticks the generator had not sent when arrivals stopped, on a machine too busy for the rate.)",
+        "(not sent: ticks the generator had not sent when arrivals stopped: its cap reached, or a machine too busy "
+        "for the rate.)",
         "",
         "| system | capacity/s | offered | answered 200/s | ÷ capacity | 503/s | no answer/s | not sent/s | p99 ms | "
         "p99 of the 200s ms | p99 of the 503s ms |",

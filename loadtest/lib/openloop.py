@@ -7,11 +7,13 @@ vegeta's semantics, and how oha keeps them:
     into an unbounded queue, whatever the server does;
   - in flight bounded only by a large cap: `-c MAX_IN_FLIGHT` workers take the
     ticks (vegeta's -max-workers); `--latency-correction` counts a tick's wait for
-    a worker in its latency, so a cap reached shows instead of hiding. By default
-    the cap is 1.25 × rate × timeout, more than can ever be in flight (a request
-    ends by its timeout), since oha hands ticks to its workers in turn and each
-    opens its own connection on first use: a cap of 10000 at 200/s would open
-    10000 connections where vegeta, reusing idle ones, opens a few;
+    a worker in its latency, so a cap reached shows instead of hiding (and ticks
+    still waiting when arrivals stop are counted, as `unsent`). The cap's default
+    is 1.25 × rate × timeout (more than can ever be in flight: a request ends by
+    its timeout) up to DEFAULT_CAP, because oha hands ticks to its workers in turn
+    and each opens its own connection on first use: a cap of 7500 opens 7500
+    connections where vegeta, reusing idle ones, opens about as many as are in
+    flight, and a server limited to a tenth of a core spends its CPU accepting them;
   - a per-request timeout: `-t`;
   - requests still in flight at the end are waited for (`-w`), as vegeta's attack does.
 
@@ -49,6 +51,8 @@ from pathlib import Path
 # vegeta counts a response as a success when its status is in [200, 400).
 SUCCESS = range(200, 400)
 NS = 1e9
+# Far above what a server that answers or refuses in time has in flight (rate × latency).
+DEFAULT_CAP = 1000
 
 
 def oha_command(rate, duration, timeout, cap, json_out, db, target, urls_file=False, worker_threads=None):
@@ -66,12 +70,12 @@ def oha_command(rate, duration, timeout, cap, json_out, db, target, urls_file=Fa
 
 
 def max_in_flight(rate, timeout, cap=None):
-    """CAP, or by default 1.25 × what can be in flight at once; within the file descriptors
+    """CAP, or by default 1.25 × what can be in flight at once up to DEFAULT_CAP; within the file descriptors
     oha may open (the soft limit raised to the hard one: a connection each, and a few spare)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    wanted = cap or max(100, math.ceil(1.25 * rate * timeout))
+    wanted = cap or min(max(100, math.ceil(1.25 * rate * timeout)), DEFAULT_CAP)
     return min(wanted, max(hard - 200, 1))
 
 
@@ -219,7 +223,7 @@ def main(argv):
     a.add_argument("--rate", type=float, required=True, help="offered requests/s")
     a.add_argument("--duration", type=float, required=True, help="seconds of arrivals")
     a.add_argument("--timeout", type=float, default=1.0, help="seconds per request (default 1)")
-    a.add_argument("--max-in-flight", type=int, help="the cap (default 1.25 × rate × timeout)")
+    a.add_argument("--max-in-flight", type=int, help=f"the cap (default 1.25 × rate × timeout, up to {DEFAULT_CAP})")
     a.add_argument("--worker-threads", type=int, help="oha's threads (default: one per core)")
     a.add_argument("--out", required=True, help="PREFIX of the files written")
     a.add_argument("--urls", help="a file of URLs, one a line, taken in turn")
