@@ -4,17 +4,19 @@
 # throughput per rate.
 #
 # Engine: vegeta when it is on PATH, otherwise oha (installed by
-# loadtest/install-oha.sh) at the same fixed request rate. Both are normalised
-# to one result format (loadtest/lib/results.py); each line says which engine ran.
+# loadtest/install-oha.sh) with vegeta's semantics through loadtest/lib/openloop.py,
+# which writes vegeta's JSON report. Both are normalised to one result format
+# (loadtest/lib/results.py); each line says which engine ran.
 #
 #   BASE_URL     where the API answers (default http://127.0.0.1:8080)
 #   TARGET       known-key | random | batch (default known-key; see targets.sh)
 #   RATES        comma-separated requests/s (default 1000,5000,10000,20000)
 #   DURATION     seconds per step (default 10)
-#   CONNECTIONS  connections per target host (default 64); the rate is held whatever
-#                the answers take (open model: vegeta gets no -max-workers). oha keeps
-#                at most this many requests in flight and queues the rest itself;
-#                --latency-correction counts that wait in each request's latency
+#   CONNECTIONS  vegeta's idle connections per target host (default 64); the rate is
+#                held whatever the answers take (open model: vegeta gets no -max-workers)
+#   MAX_IN_FLIGHT  oha's cap on requests in flight (default 1.25 × rate × TIMEOUT, up to
+#                1000; see lib/openloop.py)
+#   TIMEOUT      seconds a request may take (default 5)
 #   LABEL        name of this series in results and plots (default: TARGET)
 #   OUT          results folder (default target/loadtest/LABEL)
 #   ENGINE       auto | vegeta | oha (default auto)
@@ -27,6 +29,8 @@ TARGET=${TARGET:-known-key}
 RATES=${RATES:-1000,5000,10000,20000}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-}
+TIMEOUT=${TIMEOUT:-5}
 LABEL=${LABEL:-$TARGET}
 OUT=${OUT:-$here/../target/loadtest/$LABEL}
 ENGINE=${ENGINE:-auto}
@@ -43,8 +47,9 @@ main() {
             ;;
         *) echo "attack: ENGINE must be auto, vegeta or oha, not '$ENGINE'" >&2; exit 2 ;;
     esac
-    pin=()
+    pin=() cap=()
     [[ -n ${LOAD_CPUS:-} ]] && pin=(taskset -c "$LOAD_CPUS")
+    [[ -n $MAX_IN_FLIGHT ]] && cap=(--max-in-flight "$MAX_IN_FLIGHT")
 
     mkdir -p "$OUT"
     "$here/targets.sh" "$TARGET" "$BASE_URL" >"$OUT/targets.txt"
@@ -59,15 +64,15 @@ main() {
             # No -max-workers: capping workers would make the attack wait for answers
             # (a closed model) instead of holding the rate (the open model the ladder measures).
             "${pin[@]}" vegeta attack -targets="$OUT/targets.txt" -rate="$rate" -duration="${DURATION}s" \
-                -timeout=5s -connections="$CONNECTIONS" >"$step.bin"
+                -timeout="${TIMEOUT}s" -connections="$CONNECTIONS" >"$step.bin"
             vegeta report <"$step.bin" | tee "$step.txt" >&2
             vegeta report -type=json <"$step.bin" >"$step.json"
             python3 "$here/lib/results.py" vegeta "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
         else
             sed 's/^GET //' "$OUT/targets.txt" >"$OUT/urls.txt"
-            "${pin[@]}" oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNECTIONS" \
-                -t 5s --latency-correction --urls-from-file "$OUT/urls.txt" >"$step.json"
-            python3 "$here/lib/results.py" oha "$step.json" --label "$LABEL" --rate "$rate" >>"$summary"
+            "${pin[@]}" python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$DURATION" \
+                --timeout "$TIMEOUT" "${cap[@]}" --out "$step" --urls "$OUT/urls.txt" >&2
+            python3 "$here/lib/results.py" vegeta "$step.json" --engine oha --label "$LABEL" --rate "$rate" >>"$summary"
         fi
         tail -n 1 "$summary" >&2
     done

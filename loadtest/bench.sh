@@ -13,13 +13,20 @@
 #      that they and the costs measure the read path through Redis): the same
 #      hot key, and a Zipf keyspace larger than the cache, with its hit ratio
 # plus a rate ladder (success and p99 against offered rate) for central and
-# sidecar, and what a request costs in CPU (for loadtest/model).
+# sidecar, what a request costs in CPU (for loadtest/model), and overload: the
+# API and webdis each in a cgroup of OVERLOAD_CPU of one core, their closed-loop
+# capacity (wrk) and then the open-loop generator (lib/openloop.py) at
+# OVERLOAD_FACTORS times it (the API) and at 2 × (webdis), side by side.
 #
 #   BENCH_QUICK=1   a few seconds per point (make test uses it; numbers are rough)
 #   BENCH_SECONDS   seconds per point (default 10, or 2 when quick)
 #   CONNECTIONS     load generator connections (default 32)
 #   ROUNDS          turns taken by the API, webdis and nginx (default 3, 1 when quick)
 #   SUT_CPUS, LOAD_CPUS   default 0 and 1
+#   OVERLOAD_CPU    cores of the overload rows' cgroup (default 0.1, as issue 24 measured)
+#   OVERLOAD_PERIOD_US    its CFS period (default 10000: the shortest that takes a 10 % quota,
+#                   which is at least 1 ms; a throttled server waits up to period - quota)
+#   OVERLOAD_FACTORS      the API's offered rates in multiples of its capacity (default 0.5,2,5)
 # Output: target/bench/report.md (also on stdout), results.csv, ladder.svg, costs.json.
 set -euo pipefail
 
@@ -33,6 +40,9 @@ LOAD_CPUS=${LOAD_CPUS:-1}
 VALUE_BYTES=${VALUE_BYTES:-100}
 LADDER=${LADDER:-0.25,0.5,0.75,1.0,1.25}
 ROUNDS=${ROUNDS:-$([[ -n ${BENCH_QUICK:-} ]] && echo 1 || echo 3)}
+OVERLOAD_CPU=${OVERLOAD_CPU:-0.1}
+OVERLOAD_PERIOD_US=${OVERLOAD_PERIOD_US:-10000}
+OVERLOAD_FACTORS=${OVERLOAD_FACTORS:-0.5,2,5}
 
 # Ports of their own, so a running demo is left alone.
 export STATE_DIR="$out/topology" MASTER_PORT=26380 STUNNEL_PORT=26390 REPLICA_PORT=26379
@@ -65,7 +75,10 @@ prerequisites() {
 }
 
 stop_services() {
-    local pidfile
+    local pidfile group
+    for group in "$out"/services/*.cgroup; do
+        [[ -e $group ]] && bench_py unlimit "$(basename "$group" .cgroup)" "$(<"$group")" 2>/dev/null || true
+    done
     for pidfile in "$out"/services/*.pid; do
         [[ -e $pidfile ]] && kill "$(<"$pidfile")" 2>/dev/null || true
     done
@@ -119,6 +132,44 @@ ladder() {
         server_p99=$(python3 "$here/lib/server_quantile.py" "$run.before" "$run.after")
         results oha "$run.json" --label "$label" --rate "$rate" --extra "server_p99_ms=$server_p99" \
             | tee -a "$out/ladder-$label.jsonl" >&2
+    done
+}
+
+# One open-loop step of NAME at FACTOR × CAPACITY against URL, 1 s per request as a
+# client that gives up; waits for URL to answer again, so that no step inherits the last one's queue.
+# The generator is not pinned: the server has a tenth of a core, and on one core of its own
+# the generator fell behind at 5 × (a new connection for every request that timed out).
+open_loop() {
+    local name=$1 factor=$2 capacity=$3 url=$4 rate run="$out/runs/overload-$1-$2x"
+    rate=$(bench_py ladder-rates "$points" "$name-capacity" "$factor")
+    python3 "$here/lib/openloop.py" attack --rate "$rate" --duration "$BENCH_SECONDS" --timeout 1 \
+        --worker-threads 2 --out "$run" "$url" >&2
+    results vegeta "$run.json" --engine oha --label "$name" --rate "$rate" \
+        --extra "factor=$factor" --extra "capacity=$capacity" | tee -a "$out/overload.jsonl" >&2
+    wait_http "$url"
+}
+
+# The API and webdis in the same cgroup limit, one after the other, each at multiples of
+# its own closed-loop capacity measured here: what each serves past capacity, side by side.
+overload() {
+    local name url pid capacity factor factors
+    : >"$out/overload.jsonl"
+    for name in api webdis; do
+        if [[ $name == api ]]; then
+            url=$api_url pid=$(pid_of api) factors=$OVERLOAD_FACTORS
+        else
+            url="http://127.0.0.1:$webdis_port/GET/known-key" pid=$(<"$out/services/webdis.pid") factors=2
+        fi
+        say "overload: $name in $OVERLOAD_CPU of a core, open loop at $factors × its capacity"
+        echo "$pid" >"$out/services/bench-overload-$name.cgroup"
+        bench_py limit "bench-overload-$name" "$OVERLOAD_CPU" "$OVERLOAD_PERIOD_US" "$pid"
+        measure "$name-capacity" "$url"
+        capacity=$(bench_py ladder-rates "$points" "$name-capacity" 1)
+        for factor in ${factors//,/ }; do
+            open_loop "$name" "$factor" "$capacity" "$url"
+        done
+        bench_py unlimit "bench-overload-$name" "$pid"
+        rm "$out/services/bench-overload-$name.cgroup"
     done
 }
 
@@ -243,6 +294,7 @@ main() {
     rates=$(bench_py ladder-rates "$points" api-sidecar-tcp "$LADDER")
     say "rate ladder, sidecar: $rates"
     ladder sidecar "$api_url" "$rates"
+    overload
 
     say "sidecar topology, API over a unix socket"
     TOPOLOGY=sidecar API_REDIS=unix topology_up
@@ -252,7 +304,8 @@ main() {
     "$topology" down >/dev/null
 
     bench_py costs "$out" sut_cpus="\"$SUT_CPUS\"" seconds_per_point="$BENCH_SECONDS" \
-        connections="$CONNECTIONS" ladder="\"$LADDER\""
+        connections="$CONNECTIONS" ladder="\"$LADDER\"" overload_cpu="$OVERLOAD_CPU" \
+        overload_period_us="$OVERLOAD_PERIOD_US"
     "$here/plot.sh" "$out/ladder.svg" "$out/ladder-central.jsonl" "$out/ladder-sidecar.jsonl"
     python3 "$here/lib/bench_report.py" "$out" | tee "$out/report.md"
 }

@@ -6,8 +6,10 @@ Every container gets a CPU limit scaled down (LIMITS below) so that N pods, the
 master and the load generators fit on this machine's two cores; the master's
 limit stands for the small hosted instance that was the original's bottleneck.
 Load is the vegeta kit's own path (loadtest/attack.sh, oha standing in for
-vegeta): an open-model, fixed-rate ladder, one attack per pod at RATE/N on
-its own connections, which is how a Service spreads kept-alive connections.
+vegeta with its semantics, loadtest/lib/openloop.py): an open-loop, fixed-rate
+ladder up to OFFERED_UP_TO times each configuration's capacity, one attack per
+pod at RATE/N, every request with the original's client in mind: a timeout of
+TIMEOUT_S, arrivals whatever the answers, in flight bounded only by a large cap.
 The CPU each container spends per read is read from its cgroup at every step,
 and loadtest/model, fed with the costs measured at one pod and the limits,
 predicts every N.
@@ -18,10 +20,11 @@ in turn; every figure is the median of its repeats, and the report gives how
 far the repeats of each point lie apart, the bound below which no model can
 be checked.
 
-Usage: python -m loadtest.replay [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 3]
+Usage: python -m loadtest.replay [--pods 1,2,4,6,8,12] [--seconds 5] [--steps 7] [--repeats 3] [--results DIR]
        python -m loadtest.replay --report   (the report again from target/replay's records, after a change to the model)
 Output: target/replay/report.md, results.csv, calibration.csv (the steps costs came from), ladder.svg,
-throughput.svg
+throughput.svg, timeline.svg (one overloaded step second by second); the report and the plots also
+in --results (default loadtest/results, as replay-*.md/svg)
 """
 
 import argparse
@@ -37,7 +40,7 @@ import yaml
 
 from deploy.e2e import kit
 from loadtest import model
-from loadtest.lib import bench
+from loadtest.lib import bench, openloop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,9 @@ HOST_SATURATED = 0.95  # a step with the machine's cores this busy measures the 
 TOLERANCE = 0.20  # the model's error the report accepts at a point
 MASTER_LADDER = (1.2, 1.6, 2.0, 2.6)  # offered, in multiples of the master's one-pod capacity
 MASTER_PODS = (2, 4, 8)  # the pod counts its cost is measured at (at_pods: linear between them)
+OFFERED_UP_TO = 3.0  # the ladders' top step, in multiples of each configuration's predicted capacity
+TIMEOUT_S = 1  # a client that gives up after a second: past it an answer is a failure
+RESULTS = REPO / "loadtest/results"
 
 
 def millicores(cores):
@@ -122,6 +128,7 @@ def attack(pod, rate, seconds, label):
         "RATES": str(max(1, round(rate))),
         "DURATION": str(seconds),
         "CONNECTIONS": "8",
+        "TIMEOUT": str(TIMEOUT_S),
         "LABEL": label,
         "OUT": str(out),
         "ENGINE": "oha",
@@ -131,7 +138,8 @@ def attack(pod, rate, seconds, label):
 
 
 def merge(results, offered, seconds):
-    """One step's results across pods: totals add up; p99 is the worst pod's (an upper bound)."""
+    """One step's results across pods: totals add up; p99 is the worst pod's (an upper bound),
+    also for the 200s and the 503s apart (-1 where a step had none)."""
     requests = sum(r["requests"] for r in results)
     ok = sum(r["ok"] for r in results)
     return {
@@ -139,8 +147,12 @@ def merge(results, offered, seconds):
         "requests": requests,
         "success": ok / requests if requests else 0.0,
         "throughput": ok / seconds,
+        "shed": sum(r.get("shed", 0) for r in results) / requests if requests else 0.0,
+        "unanswered": sum(r.get("failed", 0) for r in results) / requests if requests else 0.0,
         "p50_ms": sum(r["p50_ms"] * r["requests"] for r in results) / requests if requests else 0.0,
         "p99_ms": max(r["p99_ms"] for r in results),
+        "p99_ms_200": max((r["p99_ms_200"] for r in results if "p99_ms_200" in r), default=-1.0),
+        "p99_ms_503": max((r["p99_ms_503"] for r in results if "p99_ms_503" in r), default=-1.0),
     }
 
 
@@ -244,6 +256,7 @@ class Run:
         self.steps_played = []  # every ladder step of every repeat, kept for results.csv
         self.calibration = []  # the steps the costs were measured in, kept for calibration.csv
         self.calibrations = []  # each repeat's costs
+        self.results = None  # a folder the report and plots are copied to
 
     @classmethod
     def recorded(cls):
@@ -383,7 +396,7 @@ class Run:
             for topology in ("sidecar", "central"):
                 for n in self.pods:
                     if (topology, n) not in rates:
-                        rates[(topology, n)] = self.rates(1.5 * self.predict(m, topology, n)[0])
+                        rates[(topology, n)] = self.rates(OFFERED_UP_TO * self.predict(m, topology, n)[0])
                     self.steps_played += self.ladder(topology, n, rates[(topology, n)])
         self.costs = median_costs(self.calibrations)
 
@@ -438,9 +451,10 @@ def write_outputs(run):
         costs = run.calibrations[row["repeat"]]
         row["predicted"] = m.served(row["offered"], *run.predict(m, row["topology"], row["pods"], costs))
     run.rows = median_rows(run.steps_played)
-    fields = ["topology", "pods", "offered", "repeat", "requests", "success", "throughput", "predicted", "p50_ms",
-              "p99_ms", "api_us", "redis_us", "master_us", "api_quota", "redis_quota", "master_quota",
-              "api_throttled", "redis_throttled", "master_throttled", "host_busy"]  # fmt: skip
+    fields = ["topology", "pods", "offered", "repeat", "requests", "success", "throughput", "predicted", "shed",
+              "unanswered", "p50_ms", "p99_ms", "p99_ms_200", "p99_ms_503", "api_us", "redis_us", "master_us",
+              "api_quota", "redis_quota", "master_quota", "api_throttled", "redis_throttled", "master_throttled",
+              "host_busy"]  # fmt: skip
     for name, rows in (("results.csv", run.steps_played), ("calibration.csv", run.calibration)):
         with open(OUT / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
@@ -454,7 +468,7 @@ def write_outputs(run):
             predicted = statistics.median(run.predict(m, topology, n, costs)[0] for costs in run.calibrations)
             summary[(topology, n)] = (held, best, predicted)
             table.append(f"| {topology} | {n} | {held:.0f} | {best:.0f} | {predicted:.0f} | {predicted / best:.2f} |")
-    plot(run)
+    overloaded = plot(run)
     measured = [r for r in run.rows if r["throughput"]]
     errors = [model_error(r) for r in measured]
     worst = max(errors, key=abs)
@@ -468,14 +482,19 @@ def write_outputs(run):
     def miss(r):
         return f"{r['topology']} {r['pods']} pods at {r['offered']:.0f}/s ({100 * model_error(r):+.0f} %)"
 
+    def ms(row, key):
+        return f"{row[key]:.1f}" if row.get(key, -1.0) >= 0 else ""
+
     points = [
-        "| topology | pods | offered/s | served/s | repeats apart | model/s | model / served | API quota used "
-        "| machine busy |",
-        "|---" * 9 + "|",
+        "| topology | pods | offered/s | served/s | 503 | no answer | p99 of the 200s ms | p99 of the 503s ms "
+        "| repeats apart | model/s | model / served | API quota used | machine busy |",
+        "|---" * 13 + "|",
     ]
     points += [
-        f"| {r['topology']} | {r['pods']} | {r['offered']:.0f} | {r['throughput']:.0f} | {100 * r['spread']:.0f} % "
-        f"| {r['predicted']:.0f} | {r['predicted'] / r['throughput']:.2f} | {100 * r['api_quota']:.0f} % "
+        f"| {r['topology']} | {r['pods']} | {r['offered']:.0f} | {r['throughput']:.0f} "
+        f"| {100 * r.get('shed', 0):.1f} % | {100 * r.get('unanswered', 0):.1f} % | {ms(r, 'p99_ms_200')} "
+        f"| {ms(r, 'p99_ms_503')} | {100 * r['spread']:.0f} % "
+        f"| {r['predicted']:.0f} | {r['predicted'] / max(r['throughput'], 1):.2f} | {100 * r['api_quota']:.0f} % "
         f"| {100 * r['host_busy']:.0f} % {'(saturated)' if r['host_busy'] >= HOST_SATURATED else ''}|"
         for r in run.rows
     ]
@@ -536,8 +555,24 @@ def write_outputs(run):
         "![throughput against pods](throughput.svg)",
         "",
     ]
+    if overloaded:
+        lines += [
+            f"One overloaded step second by second: {overloaded}.",
+            "",
+            "![success and latency against time, one overloaded step](timeline.svg)",
+            "",
+        ]
     (OUT / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))
+    if run.results:
+        run.results.mkdir(parents=True, exist_ok=True)
+        for name in ("report.md", "ladder.svg", "throughput.svg", "timeline.svg"):
+            if (OUT / name).exists():
+                text = (OUT / name).read_text()
+                # The report links its plots by the names they get beside it there.
+                for plot_name in ("ladder.svg", "throughput.svg", "timeline.svg"):
+                    text = text.replace(f"]({plot_name})", f"](replay-{plot_name})")
+                (run.results / f"replay-{name}").write_text(text)
     return summary
 
 
@@ -562,21 +597,65 @@ def plot(run):
         [f"output={OUT / 'throughput.svg'}", f"data={data}"],
     )
     subprocess.run(["gnuplot", OUT / "throughput.gp"], check=True)
+    return plot_timeline(run)
+
+
+def overloaded_step(run):
+    """The step to show second by second: the central topology at its most pods, at the top
+    offered rate, in the last repeat (where the excess past the master's capacity goes)."""
+    n = max(run.pods)
+    steps = [r for r in run.steps_played if r["topology"] == "central" and r["pods"] == n]
+    if not steps:
+        return None
+    return max(steps, key=lambda r: (r["repeat"], r["offered"]))
+
+
+def plot_timeline(run):
+    """timeline.svg: the overloaded step's share answered 200, 503 and not at all, and the
+    latency of its 200s, second by second; a description of the step, or None without one."""
+    step = overloaded_step(run)
+    if not step:
+        return None
+    n, offered = step["pods"], step["offered"]
+    # Every repeat plays pods of new names: the step's last n databases are its last repeat's.
+    found = (OUT / "runs").glob(f"central-{n}-{round(offered)}-*/step-{max(1, round(offered / n))}.db")
+    dbs = sorted(found, key=lambda p: p.stat().st_mtime)[-n:]
+    if len(dbs) != n:
+        return None
+    rows = openloop.timeline(dbs, max(1, round(offered / n)), run.seconds)
+    data = OUT / "timeline.dat"
+    data.write_text("".join(
+        f"{r['second']} {100 * r['ok']:.2f} {100 * r['shed']:.2f} {100 * r['unanswered']:.2f} "
+        f"{max(r['p50_ms'], 0.01):.3f} {max(r['p99_ms'], 0.01):.3f}\n" for r in rows
+    ))  # fmt: skip
+    title = f"central, {n} pods, {offered:.0f}/s offered"
+    bench.render(
+        REPO / "loadtest/templates/timeline.gp",
+        OUT / "timeline.gp",
+        [f"output={OUT / 'timeline.svg'}", f"data={data}", f"title={title}"],
+    )
+    subprocess.run(["gnuplot", OUT / "timeline.gp"], check=True)
+    return f"{title}, {step['throughput']:.0f}/s served"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pods", default="1,2,4,6,8")
+    parser.add_argument("--pods", default="1,2,4,6,8,12")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--report", action="store_true", help="report again from target/replay, playing nothing")
+    parser.add_argument("--results", default=str(RESULTS), help="where the report and plots go too ('' for nowhere)")
     args = parser.parse_args(argv)
+    results = Path(args.results) if args.results else None
     if args.report:
-        return write_outputs(Run.recorded())
+        run = Run.recorded()
+        run.results = results
+        return write_outputs(run)
     if not os.environ.get("CONTAINERS_CONF"):
         raise SystemExit("replay: run through make replay, which prepares podman (CONTAINERS_CONF)")
     run = Run([int(n) for n in args.pods.split(",")], args.seconds, args.steps, args.repeats)
+    run.results = results
     try:
         run.run()
     finally:

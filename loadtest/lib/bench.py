@@ -8,6 +8,9 @@ bench.py mark CPU_FILE PHASE PROCESS PID [UNITS]
                                             (default: the requests of PHASE in points.jsonl)
 bench.py ladder-rates POINTS LABEL FACTORS  offered rates: FACTORS (0.25,0.5,...) times LABEL's median max
 bench.py costs BENCH_DIR KEY=VALUE...       costs.json: CPU µs per operation from the marks and points
+bench.py limit NAME CPU PERIOD_US PID      put PID in the cgroup (v1) NAME, limited to CPU cores in each
+                                            period of PERIOD_US (created when missing)
+bench.py unlimit NAME PID                   PID back to the root cgroup; NAME removed
 bench.py cache-run OUT BEFORE AFTER KEY=VALUE...
                                             OUT: the KEY=VALUEs and the value cache's hits, misses
                                             and hit ratio between two /metrics texts of the API
@@ -113,6 +116,29 @@ def costs(bench, fields):
     (bench / "costs.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def limit(name, cpu, period_us, pid):
+    """The CFS quota of one cgroup for PID: CPU cores' worth of every period. The kernel takes
+    no quota under 1 ms, so a small share needs a long period; the period is also the longest
+    a throttled process waits to run again, a floor under every latency it serves."""
+    group = CGROUP_CPU / name
+    group.mkdir(exist_ok=True)
+    period = int(period_us)
+    quota = round(float(cpu) * period)
+    if quota < 1000:
+        raise SystemExit(f"bench.py: {cpu} of a core in {period} µs is a quota under 1 ms; lengthen the period")
+    (group / "cpu.cfs_period_us").write_text(str(period))
+    (group / "cpu.cfs_quota_us").write_text(str(quota))
+    (group / "cgroup.procs").write_text(str(pid))
+
+
+def unlimit(name, pid):
+    (CGROUP_CPU / "cgroup.procs").write_text(str(pid))
+    (CGROUP_CPU / name).rmdir()
+
+
 def metric(text, name):
     for line in text.splitlines():
         field, _, value = line.partition(" ")
@@ -144,6 +170,10 @@ def main(argv):
         print(ladder_rates(jsonl(args[0]), args[1], args[2]))
     elif command == "costs":
         costs(args[0], args[1:])
+    elif command == "limit":
+        limit(*args)
+    elif command == "unlimit":
+        unlimit(*args)
     elif command == "cache-run":
         cache_run(args[0], args[1], args[2], args[3:])
     else:

@@ -20,6 +20,8 @@ NAMES = {
     "redis-benchmark": "redis-benchmark GET on the same replica (no HTTP)",
 }
 TARGETS = {"api_vs_webdis": 1.2, "cache_vs_webdis": 2.0, "p99_half_max_ms": 1.0, "rss_mb": 30.0}
+# Issue 24's acceptance for the API alone past capacity.
+OVERLOAD = {"served_vs_capacity": 0.95, "p99_503_ms": 5.0, "p99_200_vs_half_load": 3.0}
 
 
 def jsonl(path):
@@ -44,6 +46,67 @@ def us(value):
 
 def verdict(ok):
     return "met" if ok else "**missed**"
+
+
+def overload_lines(rows, costs):
+    """The overload rows: each system at multiples of its own closed-loop capacity, in the
+    same cgroup limit and with the same open-loop generator; then issue 24's acceptance."""
+    if not rows:
+        return []
+    period = costs.get("overload_period_us", 0) / 1000
+
+    def ms(value):
+        return "" if value is None else f"{value:.3f}"
+
+    lines = [
+        "",
+        f"Overload: each system in a cgroup of {costs.get('overload_cpu')} of one core (CFS period "
+        f"{period:g} ms), its closed-loop capacity (wrk) measured there, then the open-loop generator "
+        "(oha with vegeta's semantics, at most 1.25 × rate × timeout in flight up to 1000, 1 s timeout) "
+        f"at multiples of it:",
+        "",
+        "(not sent: ticks the generator had not sent when arrivals stopped: its cap reached, or a machine too busy "
+        "for the rate.)",
+        "",
+        "| system | capacity/s | offered | answered 200/s | ÷ capacity | 503/s | no answer/s | not sent/s | p99 ms | "
+        "p99 of the 200s ms | p99 of the 503s ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        seconds = r["duration_s"] or 1
+        lines.append(
+            f"| {r['label']} | {r['capacity']:.0f} | {r['factor']:g} × ({r['offered_rate']:.0f}/s) "
+            f"| {r['throughput']:.0f} | {r['throughput'] / r['capacity']:.2f} | {r.get('shed', 0) / seconds:.0f} "
+            f"| {r.get('failed', 0) / seconds:.0f} | {r.get('unsent', 0) / seconds:.0f} "
+            f"| {r['p99_ms']:.3f} | {ms(r.get('p99_ms_200'))} "
+            f"| {ms(r.get('p99_ms_503'))} |"
+        )
+    at = {(r["label"], r["factor"]): r for r in rows}
+    lines += ["", "| past capacity | value | target |", "| --- | ---: | --- |"]
+    if ("api", 2) in at and ("webdis", 2) in at:
+        side_by_side = at[("api", 2)]["throughput"] / max(at[("webdis", 2)]["throughput"], 1)
+        lines.append(f"| answered 200/s at 2 × capacity, API / webdis | {side_by_side:.2f} | |")
+    half = at.get(("api", 0.5))
+    for factor in sorted(f for label, f in at if label == "api" and f > 1):
+        r = at[("api", factor)]
+        served = r["throughput"] / r["capacity"]
+        lines.append(
+            f"| API at {factor:g} ×: answered 200/s ÷ closed-loop capacity | {served:.2f} "
+            f"| ≥ {OVERLOAD['served_vs_capacity']} ({verdict(served >= OVERLOAD['served_vs_capacity'])}) |"
+        )
+        shed = r.get("p99_ms_503")
+        lines.append(
+            f"| API at {factor:g} ×: p99 of the 503s | "
+            + (f"{shed:.3f} ms | ≤ {OVERLOAD['p99_503_ms']:g} ms ({verdict(shed <= OVERLOAD['p99_503_ms'])}) |"
+               if shed is not None else "no 503 | ≤ 5 ms (**missed**: nothing refused) |")
+        )  # fmt: skip
+        if half and half.get("p99_ms_200") and r.get("p99_ms_200") is not None:
+            ratio = r["p99_ms_200"] / half["p99_ms_200"]
+            lines.append(
+                f"| API at {factor:g} ×: p99 of the 200s ÷ p99 at 0.5 × ({half['p99_ms_200']:.3f} ms) | {ratio:.2f} "
+                f"| ≤ {OVERLOAD['p99_200_vs_half_load']:g} ({verdict(ratio <= OVERLOAD['p99_200_vs_half_load'])}) |"
+            )
+    return lines
 
 
 def median_point(rows):
@@ -152,6 +215,8 @@ def main(bench):
                 f"| {label} | {r['offered_rate']:.0f} | {100 * r['success_ratio']:.2f} % | {r['throughput']:.0f} "
                 f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r.get('server_p99_ms', float('nan')):g} |"
             )
+    overload = bench / "overload.jsonl"
+    lines += overload_lines(jsonl(overload) if overload.exists() else [], costs)
     lines += [
         "",
         "What a request costs here (CPU time per operation, input to `loadtest/model`):",

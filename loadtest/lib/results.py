@@ -5,10 +5,14 @@ A result is one JSON line:
   {"label", "engine", "offered_rate", "duration_s", "requests", "ok",
    "success_ratio", "throughput", "p50_ms", "p95_ms", "p99_ms", "max_ms"}
 where `ok` counts HTTP 200 answers, success_ratio = ok / requests, and
-throughput = ok / duration_s.
+throughput = ok / duration_s. From a vegeta report, also `shed` (503s), `failed`
+(no answer), `unsent` (lib/openloop.py: ticks its generator fell behind on) and,
+where the report has each status's latencies (lib/openloop.py), p50_ms_CODE and
+p99_ms_CODE.
 
   results.py oha FILE --label L --rate R         an `oha --output-format json` file
-  results.py vegeta FILE --label L --rate R      a `vegeta report -type=json` file
+  results.py vegeta FILE --label L --rate R [--engine oha]
+                                                 a `vegeta report -type=json` file (or lib/openloop.py's)
   results.py wrk FILE --label L [--rss-samples F]
                                                  the last line of wrk with lib/wrk-json.lua; the peak
                                                  of F's VmRSS samples (kB, one a line) as rss_kb
@@ -81,17 +85,29 @@ def from_vegeta(path, label, rate):
     def ms(ns):
         return ns / 1e6
 
-    return record(
-        label,
-        "vegeta",
-        rate,
-        duration,
-        requests,
-        ok,
-        ms(latencies["50th"]),
-        ms(latencies["95th"]),
-        ms(latencies["99th"]),
-        ms(latencies["max"]),
+    codes = data.get("status_codes", {})
+    # The open-loop stand-in (lib/openloop.py) adds each status's own latencies: past capacity
+    # the 200s and the fast 503s are two populations, and one percentile of both says little.
+    by_status = {
+        f"{name}_ms_{code}": round(ms(values[key]), 3)
+        for code, values in data.get("latencies_by_status", {}).items()
+        for name, key in (("p50", "50th"), ("p99", "99th"))
+    }
+    return (
+        record(
+            label,
+            "vegeta",
+            rate,
+            duration,
+            requests,
+            ok,
+            ms(latencies["50th"]),
+            ms(latencies["95th"]),
+            ms(latencies["99th"]),
+            ms(latencies["max"]),
+        )
+        | {"shed": codes.get("503", 0), "failed": codes.get("0", 0), "unsent": data.get("unsent", 0)}
+        | by_status
     )
 
 
@@ -211,6 +227,7 @@ def main(argv):
     parser.add_argument("--label", default="")
     parser.add_argument("--rate", type=float, default=0.0, help="offered requests/s; 0 for as fast as possible")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds, for hist")
+    parser.add_argument("--engine", help="the engine that ran, for vegeta reports written by another (oha)")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=NUMBER", help="a field to add")
     parser.add_argument("--rss-samples", help="VmRSS samples in kB, for wrk")
     args = parser.parse_args(argv)
@@ -222,7 +239,8 @@ def main(argv):
     if args.kind == "oha":
         print(json.dumps(from_oha(args.files[0], args.label, args.rate) | extra))
     elif args.kind == "vegeta":
-        print(json.dumps(from_vegeta(args.files[0], args.label, args.rate) | extra))
+        engine = {"engine": args.engine} if args.engine else {}
+        print(json.dumps(from_vegeta(args.files[0], args.label, args.rate) | engine | extra))
     elif args.kind == "wrk":
         if args.rss_samples:
             extra["rss_kb"] = peak_rss_kb(args.rss_samples)

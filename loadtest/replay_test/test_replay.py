@@ -11,8 +11,10 @@ from loadtest import replay
 pytestmark = pytest.mark.podman
 
 
-def test_a_quick_replay_writes_every_output():
-    summary = replay.main(["--pods", "1,2", "--seconds", "3", "--steps", "3", "--repeats", "1"])
+def test_a_quick_replay_writes_every_output(tmp_path):
+    published = tmp_path / "results"
+    summary = replay.main(["--pods", "1,2", "--seconds", "3", "--steps", "3", "--repeats", "1",
+                           "--results", str(published)])  # fmt: skip
     rows = list(csv.DictReader(open(replay.OUT / "results.csv")))
     assert len(rows) == 2 * 2 * 3, f"{len(rows)} rows"
     assert all(int(r["requests"]) > 0 for r in rows)
@@ -24,11 +26,17 @@ def test_a_quick_replay_writes_every_output():
         for pods in (1, 2):
             held, best, predicted = summary[(topology, pods)]
             assert best > 0 and predicted > 0, (topology, pods)
-    for name in ("report.md", "ladder.svg", "throughput.svg"):
+    for name in ("report.md", "ladder.svg", "throughput.svg", "timeline.svg"):
         assert (replay.OUT / name).stat().st_size > 0, name
+        assert (published / f"replay-{name}").stat().st_size > 0, name
     report = (replay.OUT / "report.md").read_text()
     assert "| sidecar | 2 |" in report and "| central | 2 |" in report
+    # Open loop up to three times each configuration's capacity: the top step is past it.
+    top = max((r for r in rows if r["topology"] == "sidecar" and r["pods"] == "1"), key=lambda r: float(r["offered"]))
+    assert float(top["throughput"]) < 0.9 * float(top["offered"]), top
+    assert "One overloaded step second by second: central, 2 pods" in report
+    assert "](replay-timeline.svg)" in (published / "replay-report.md").read_text()
 
     # The report rebuilt from the records alone (replay.py --report) is the one the run wrote.
-    replay.main(["--report"])
+    replay.main(["--report", "--results", ""])
     assert (replay.OUT / "report.md").read_text() == report

@@ -264,6 +264,14 @@ def test_quick_bench_produces_every_output():
     for label in ["central", "sidecar"]:
         rows = jsonl(bench / f"ladder-{label}.jsonl")
         assert len(rows) == 5 and all(r["requests"] > 0 for r in rows)
+    # Overload: the API at three multiples of its capacity, webdis at two, in the same limit.
+    overload = jsonl(bench / "overload.jsonl")
+    assert [(r["label"], r["factor"]) for r in overload] == [("api", 0.5), ("api", 2), ("api", 5), ("webdis", 2)]
+    assert all(r["requests"] > 0 and r["engine"] == "oha" for r in overload)
+    assert all(abs(r["offered_rate"] - r["factor"] * r["capacity"]) <= r["factor"] + 1 for r in overload)
+    for line in ["answered 200/s at 2 × capacity, API / webdis", "API at 5 ×: p99 of the 503s"]:
+        assert line in report, line
+    assert not list(Path("/sys/fs/cgroup/cpu").glob("bench-overload-*")), "the bench removes its cgroups"
     # Nothing the bench started is left running.
     assert not any(
         "target/bench" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")
