@@ -80,8 +80,11 @@ oha: ## Install oha OHA_VERSION, the stand-in for vegeta, into ~/.cargo/bin (com
 .PHONY: test
 test: test-fast test-e2e ## Every test, as CI runs it (.ci/run): test-fast, then test-e2e.
 
+# The three suites wait on servers and subprocesses more than they compute, so
+# they run side by side; their installs are done first, so no two apt-gets meet.
 .PHONY: test-fast
-test-fast: deps lint test-manifests test-rust test-loadtest ## No containers: lint, manifests, Rust unit and in-process tests, the load-test kit's unit tests.
+test-fast: lint test-deps ## No containers: lint, manifests, Rust unit and in-process tests, the load-test kit's unit tests.
+	@$(MAKE) -j3 --output-sync=target test-manifests test-rust test-loadtest
 
 .PHONY: test-e2e
 test-e2e: e2e test-scale test-replay test-ladders ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
@@ -105,9 +108,13 @@ test-ladders: venv oha ## The load-test kit under load: oha ladders on the local
 	.venv/bin/pytest -q -m load loadtest/tests
 
 .PHONY: test-manifests
-test-manifests: kubectl ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
-	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
+test-manifests: test-deps ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
 	.venv/bin/pytest -q deploy/tests
+
+# What test-fast's suites need beyond deps.
+.PHONY: test-deps
+test-deps: deps kubectl
+	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
 
 ##@ Development
 
