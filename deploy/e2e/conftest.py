@@ -51,10 +51,13 @@ def kit_network(passwords):
         yield
     finally:
         if os.environ.get("E2E_KEEP"):
+            # The ports are this run's own (kit.host_ports): say where each listener is.
             print("\ne2e: E2E_KEEP=1, pods left running:", ", ".join(kit.pod_names()))
             print(
+                f"  master TLS 127.0.0.1:{kit.MASTER_PORT}; read-api-N: API 127.0.0.1:{kit.API_PORT}+N, "
+                f"admin {kit.ADMIN_PORT}+N, redis_exporter {kit.EXPORTER_PORT}+N\n"
                 f"  curl 127.0.0.1:{kit.API_PORT}/v1/keys/known-key   "
-                f"curl 127.0.0.1:{kit.ADMIN_PORT}/metrics   make e2e-down"
+                f"curl 127.0.0.1:{kit.ADMIN_PORT}/metrics   podman port -a   make e2e-down"
             )
         else:
             kit.teardown()

@@ -8,8 +8,10 @@ a run left behind (make e2e-down, after E2E_KEEP=1).
 import http.client
 import json
 import os
+import random
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -26,14 +28,51 @@ REPO = Path(__file__).resolve().parents[2]
 E2E = REPO / "deploy/e2e"
 WORK = REPO / "target/e2e/work"
 NETWORK = "read-api-e2e"
-MASTER_PORT = 16380  # the master's TLS port, published for the tests' writes
-API_PORT, ADMIN_PORT = 18080, 19080  # read-api-N publishes API_PORT+N and ADMIN_PORT+N
-EXPORTER_PORT = 17080  # and its replica's redis_exporter on EXPORTER_PORT+N
+# Host ports are taken from those free when a run starts, from a random point of a range
+# below the kernel's ephemeral ports (which outgoing connections take), so that two runs,
+# or any other program listening here, never meet on one.
+PORT_RANGE = range(20000, 32768)
+_port_cursor = [random.randrange(PORT_RANGE.start, PORT_RANGE.stop)]
+
+
+def port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def host_ports(count):
+    """The first of COUNT consecutive host ports no program listens on and this run has not
+    handed out: a pod published with NAME=PORT takes PORT+N for its replica N."""
+    span = PORT_RANGE.stop - PORT_RANGE.start
+    start = _port_cursor[0]
+    for step in range(span):
+        first = PORT_RANGE.start + (start - PORT_RANGE.start + step) % span
+        if first + count <= PORT_RANGE.stop and all(port_free(first + i) for i in range(count)):
+            _port_cursor[0] = first + count
+            return first
+    raise RuntimeError(f"e2e: no {count} consecutive free host ports in {PORT_RANGE.start}..{PORT_RANGE.stop - 1}")
+
+
+def api_ports(count):
+    """Host ports for COUNT pods' API and admin listeners: (first API port, first admin port)."""
+    return host_ports(count), host_ports(count)
+
+
+MASTER_PORT = host_ports(1)  # the master's TLS port, published for the tests' writes
+# read-api-N publishes API_PORT+N and ADMIN_PORT+N, its replica's redis_exporter
+# EXPORTER_PORT+N: room for make scale's PODS.
+SIDECAR_PODS = 100
+API_PORT, ADMIN_PORT = api_ports(SIDECAR_PODS)
+EXPORTER_PORT = host_ports(SIDECAR_PODS)
 PODS = 3
 # Pods played by single tests publish ports of their own.
 LATE_PORTS = (API_PORT + PODS, ADMIN_PORT + PODS)
-BADCERT_PORTS = (18090, 19090)
-CENTRAL_PORTS = (18095, 19095)
+BADCERT_PORTS = api_ports(1)
+CENTRAL_PORTS = api_ports(1)
 # The pods the e2e plays: teardown removes every pod named so.
 POD_PREFIXES = ("redis-master", "read-api-", "redis-relay", "redis-node")
 # Errors that mean "not yet" while waiting for a pod or the master.

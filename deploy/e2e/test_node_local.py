@@ -13,7 +13,7 @@ import pytest
 from deploy.e2e import kit
 
 PODS = 2
-PORTS = (18120, 19120)
+PORTS = kit.api_ports(PODS)
 
 
 def ready(pod):

@@ -15,8 +15,8 @@ from deploy.e2e import kit
 
 RELAYS = 2
 PODS = 2
-PORTS = (18110, 19110)  # read-api-relay-N publishes PORTS[0]+N and PORTS[1]+N
-ROLLOUT_PORTS = (18115, 19115)
+PORTS = kit.api_ports(PODS)  # read-api-relay-N publishes PORTS[0]+N and PORTS[1]+N
+ROLLOUT_PORTS = kit.api_ports(PODS)
 
 
 def play_pods(name, ports, *options):

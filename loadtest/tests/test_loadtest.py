@@ -64,6 +64,7 @@ def topology(tmp_path_factory):
     run([REPO / "scripts/local-topology.sh", "down"], env)
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("target", ["known-key", "random", "batch"])
 def test_attack_ladder_with_the_oha_stand_in(topology, target, tmp_path):
     out = tmp_path / target
@@ -93,6 +94,7 @@ def test_attack_ladder_with_the_oha_stand_in(topology, target, tmp_path):
     assert table.count("\n| " + target) == 2
 
 
+@pytest.mark.load
 def test_plot_draws_one_line_per_series(topology, tmp_path):
     for label, rates in [("central", "300"), ("sidecar", "300")]:
         env = {
@@ -230,6 +232,7 @@ def test_bench_templates_name_every_field(tmp_path):
         bench.render(LOADTEST / "templates/webdis.json", out, ["dir=/d"])
 
 
+@pytest.mark.load
 def test_quick_bench_produces_every_output():
     result = run([LOADTEST / "bench.sh"], {"BENCH_QUICK": "1"}, timeout=1200)
     bench = REPO / "target/bench"

@@ -281,8 +281,8 @@ def test_rolling_replacement(cold_start, master, sizing, summary):
     before, started, batch = repl_bytes(master), time.monotonic(), 0
     try:
         while old:
-            name, base = f"read-api-r{batch}", (18100 + 20 * batch, 19100 + 20 * batch)
-            count = min(surge, len(old))
+            name, count = f"read-api-r{batch}", min(surge, len(old))
+            base = kit.api_ports(count)
             kit.play(
                 name, sizing["sidecar"], "--rename", f"read-api={name}", "--replicas", str(count),
                 "--publish", f"http={base[0]}", "--publish", f"admin={base[1]}",

@@ -34,7 +34,6 @@ from deploy.e2e.scale import test_scale
 OUT = kit.REPO / "target/compare"
 TOPOLOGIES = ["sidecar", "relay", "node-local"]
 SHORT = {"sidecar": "sc", "relay": "rl", "node-local": "nl"}
-BASE_PORT = {"sidecar": 18200, "relay": 18300, "node-local": 18400}
 LOAD_SECONDS = int(os.environ.get("LOAD_SECONDS", "5"))
 LOAD_PODS = 2  # reads/s measured through this many pods, one at a time
 PROPAGATION_WRITES = 100
@@ -52,16 +51,17 @@ class Deployed:
         self.relays = 0
         self.pods = []
 
-    def play(self, name, count, port, pods_only=False):
+    def play(self, name, count, pods_only=False):
+        http, admin = kit.api_ports(count)
         options = ["--rename", f"read-api={name}", "--replicas", str(count),
-                   "--publish", f"http={port}", "--publish", f"admin={port + 1000}"]  # fmt: skip
+                   "--publish", f"http={http}", "--publish", f"admin={admin}"]  # fmt: skip
         if pods_only:  # a rollout replaces the API pods alone
             options += ["--skip", "redis-relay", "--skip", "redis-node"]
         if self.topology == "relay":
             self.relays = self.relays or relay_count(self.sizing["relay"])
             options += ["--spread", f"redis-relay={self.relays}"]
         kit.play(name, self.render, *options)
-        return [kit.Api(f"{name}-{i}", port + i, port + 1000 + i) for i in range(count)]
+        return [kit.Api(f"{name}-{i}", http + i, admin + i) for i in range(count)]
 
     def data_holders(self):
         """(container, redis-cli runner) of every Redis holding the data set for this topology."""
@@ -158,7 +158,7 @@ def deployed(request, master, sizing, writer):
     topology = request.param
     d = Deployed(topology, sizing)
     before, started = kit.replication_totals(master), time.monotonic()
-    d.pods = d.play(f"read-api-{SHORT[topology]}", scale.PODS, BASE_PORT[topology])
+    d.pods = d.play(f"read-api-{SHORT[topology]}", scale.PODS)
     try:
         try:
             for pod in d.pods:
@@ -249,8 +249,7 @@ def test_full_rollout_of_the_api_pods(deployed, master, sizing, summary):
     try:
         while old:
             count = min(surge, len(old))
-            port = BASE_PORT[topology] + 20 * (batch + 1)
-            new = deployed.play(f"read-api-{SHORT[topology]}-r{batch}", count, port, pods_only=True)
+            new = deployed.play(f"read-api-{SHORT[topology]}-r{batch}", count, pods_only=True)
             for pod in new:
                 kit.wait_for(f"{pod.name} to be ready", lambda p=pod: ready(p), test_scale.FIRST_SYNC_DEADLINE, 0.5)
             serving.extend(new)
