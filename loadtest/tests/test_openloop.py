@@ -73,6 +73,7 @@ def busiest_second(arrivals):
     return max(counts.values())
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("server", [None], indirect=True)
 def test_arrivals_keep_the_offered_rate_when_nothing_is_answered(server, tmp_path):
     report = openloop.attack(300, 3, 0.5, 2000, tmp_path / "stall", f"http://127.0.0.1:{server.port}/")
@@ -87,6 +88,7 @@ def test_arrivals_keep_the_offered_rate_when_nothing_is_answered(server, tmp_pat
     assert report["latencies"]["50th"] == report["latencies"]["max"] == 500_000_000
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("server", [None], indirect=True)
 def test_a_small_cap_bounds_what_is_in_flight(server, tmp_path):
     # With 20 in flight at most and 0.5 s to wait for each, no more than 40 leave a second.
@@ -94,6 +96,7 @@ def test_a_small_cap_bounds_what_is_in_flight(server, tmp_path):
     assert busiest_second(server.arrivals) <= 45, busiest_second(server.arrivals)
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("server", [0.3], indirect=True)
 def test_slow_answers_neither_slow_the_arrivals_nor_are_lost(server, tmp_path):
     report = openloop.attack(200, 2, 1.0, 2000, tmp_path / "slow", f"http://127.0.0.1:{server.port}/")
