@@ -28,6 +28,7 @@ NETWORK = "read-api-e2e"
 MASTER_PORT = 16380  # the master's TLS port, published for the tests' writes
 API_PORT, ADMIN_PORT = 18080, 19080  # read-api-N publishes API_PORT+N and ADMIN_PORT+N
 EXPORTER_PORT = 17080  # and its replica's redis_exporter on EXPORTER_PORT+N
+MASTER_EXPORTER_PORT = 17090  # the master's redis_exporter, for the e2e's Prometheus
 PODS = 3
 # Pods played by single tests publish ports of their own.
 LATE_PORTS = (API_PORT + PODS, ADMIN_PORT + PODS)
@@ -48,11 +49,20 @@ TRANSIENT = (
 
 # (test, outcome, seconds, one line of figures) of each test run, for the summary table.
 RESULTS = []
+# More tables after it: title -> (header, rows), such as the monitoring's alert timings.
+TABLES = {}
+
+
+def add_rows(title, header, rows):
+    TABLES.setdefault(title, (header, []))[1].extend(rows)
 
 
 def results_table():
     lines = ["| check | result | seconds | detail |", "| --- | --- | ---: | --- |"]
     lines += [f"| {name} | {outcome} | {seconds:.1f} | {detail} |" for name, outcome, seconds, detail in RESULTS]
+    for title, (header, rows) in TABLES.items():
+        lines += ["", f"{title}:", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -307,16 +307,10 @@ def test_the_selectors_come_from_the_config_alone(tmp_path):
 
 
 def vector_selectors(expr: str) -> list[tuple[str, str]]:
-    """(metric, the matchers between its braces) of every series an expression selects."""
-    without_strings = re.sub(r'"[^"]*"', lambda m: "_" * len(m.group(0)), expr)
-    found = []
-    for match in re.finditer(r"\b((?:read_api|redis|kube)_[a-zA-Z0-9_]+)\b(\{)?", without_strings):
-        if not match.group(2):
-            found.append((match.group(1), ""))
-            continue
-        end = without_strings.index("}", match.end())
-        found.append((match.group(1), expr[match.end() : end]))
-    return found
+    spec = importlib.util.spec_from_file_location("promql", MONITORING / "promql.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.vector_selectors(expr)
 
 
 def job_of(metric: str) -> str:
@@ -826,3 +820,44 @@ def test_component_objects_follow_a_namespace_of_yours(composition, tmp_path):
     for volume in heartbeat["volumes"]:
         if "configMap" in volume:
             assert volume["configMap"]["name"] in config_maps, f"{volume['configMap']['name']} unresolved"
+
+
+# --- the e2e's Prometheus ----------------------------------------------------
+
+
+def e2e_monitoring():
+    spec = importlib.util.spec_from_file_location("e2e_monitoring", DEPLOY / "e2e/monitoring.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_e2e_prometheus_loads_the_rule_file_as_it_is_with_targets_labelled_from_the_config(tmp_path):
+    """What the e2e's Prometheus is given (deploy/e2e/monitoring.py), checked by promtool: the kit's
+    own rule file, unchanged, and targets whose job and namespace labels are the ones it selects."""
+    module = e2e_monitoring()
+
+    class Pod:
+        def __init__(self, name, admin):
+            self.name, self.admin = name, admin
+
+    pods = [Pod("read-api-0", 19080), Pod("read-api-1", 19081)]
+    targets = module.targets(pods, {"read-api-0": 17080, "read-api-1": 17081}, 17090)
+    config = module.Prometheus.config(targets, limits=None)
+    assert config["rule_files"] == [str(RULES)]
+    settings = monitoring_config()
+    jobs = {c["job_name"]: c["static_configs"] for c in config["scrape_configs"]}
+    assert set(jobs) == {settings["jobs"]["api"], settings["jobs"]["exporter"]}
+    for static in jobs.values():
+        for entry in static:
+            assert entry["labels"]["namespace"] == settings["namespace"]
+            assert entry["labels"]["container"] in settings["containers"].values()
+    assert [e["labels"]["pod"] for e in jobs[settings["jobs"]["exporter"]]] == [
+        "read-api-0",
+        "read-api-1",
+        "redis-master",
+    ]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_promtool("check", "config", path, cwd=tmp_path)
+    assert f"SUCCESS: {len(alert_names())} rules found" in out
