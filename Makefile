@@ -52,7 +52,7 @@ lint-shell: ## shellcheck every tracked shell script.
 	git ls-files -z '*.sh' | xargs -0 shellcheck -x -S warning
 
 .PHONY: lint-python
-lint-python: venv ## ruff: lint and format check of every tracked Python file (ruff.toml).
+lint-python: venv ## ruff: lint and format check of every tracked Python file (pyproject.toml).
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
@@ -68,7 +68,7 @@ test-rust: deps ## Unit and integration tests of the API and the local topology.
 	fi
 
 .PHONY: venv
-venv: ## Create .venv with the Python test tools (kubernetes-validate, pytest), once.
+venv: ## Create .venv: the kit's Python package (pyproject.toml) installed editable with its pinned tools, once.
 	@scripts/python-venv.sh
 
 .PHONY: oha
@@ -85,6 +85,10 @@ test-loadtest: venv oha ## The load-test kit: oha ladders on the local topology,
 test-manifests: venv ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
 	@scripts/install-deps.sh promtool redis-server redis-cli stunnel4 openssl prometheus-redis-exporter
 	.venv/bin/pytest -q deploy/tests
+
+.PHONY: golden
+golden: venv ## Write deploy/tests/golden/ again from today's renders, after an intended change of deploy/; review its diff.
+	GOLDEN_UPDATE=1 .venv/bin/pytest -q deploy/tests/test_golden.py
 
 ##@ Local topology
 
@@ -238,12 +242,12 @@ compare-topologies: e2e-images oha ## Sidecar, relay and node-local side by side
 .PHONY: replay
 replay: e2e-images oha ## The original experiment: central vs sidecar over 1,2,4,6,8 CPU-limited pods on podman (target/replay).
 	@scripts/install-deps.sh gnuplot
-	@$(E2E_ENV) PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/python loadtest/replay.py $(REPLAY_ARGS)
+	@$(E2E_ENV) PATH="$(HOME)/.cargo/bin:$(PATH)" .venv/bin/python -m loadtest.replay $(REPLAY_ARGS)
 
 .PHONY: replay-report
 replay-report: venv ## The last replay's report again, from its records in target/replay (after a change to loadtest/model).
 	@scripts/install-deps.sh gnuplot
-	.venv/bin/python loadtest/replay.py --report
+	.venv/bin/python -m loadtest.replay --report
 
 .PHONY: test-replay
 test-replay: e2e-images oha ## A quick replay (1 and 2 pods, 3 s steps), as make test runs it.
@@ -252,4 +256,4 @@ test-replay: e2e-images oha ## A quick replay (1 and 2 pods, 3 s steps), as make
 
 .PHONY: e2e-down
 e2e-down: venv ## Remove the e2e pods, network and volumes (after E2E_KEEP=1 make e2e).
-	@$(E2E_ENV) .venv/bin/python deploy/e2e/kit.py down
+	@$(E2E_ENV) .venv/bin/python -m deploy.e2e.kit down

@@ -18,8 +18,8 @@ in turn; every figure is the median of its repeats, and the report gives how
 far the repeats of each point lie apart, the bound below which no model can
 be checked.
 
-Usage: replay.py [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 3]
-       replay.py --report   (the report again from target/replay's records, after a change to the model)
+Usage: python -m loadtest.replay [--pods 1,2,4,6,8] [--seconds 5] [--steps 7] [--repeats 3]
+       python -m loadtest.replay --report   (the report again from target/replay's records, after a change to the model)
 Output: target/replay/report.md, results.csv, calibration.csv (the steps costs came from), ladder.svg,
 throughput.svg
 """
@@ -30,17 +30,16 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
+from deploy.e2e import kit
+from loadtest import model
+from loadtest.lib import bench
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "deploy/e2e"))
-sys.path.insert(0, str(REPO / "loadtest/lib"))
-import bench  # noqa: E402
-import kit  # noqa: E402
 
 OUT = REPO / "target/replay"
 # Cores per container: a pod is a hundredth of the original's half-core pods' budget
@@ -54,17 +53,6 @@ HOST_SATURATED = 0.95  # a step with the machine's cores this busy measures the 
 TOLERANCE = 0.20  # the model's error the report accepts at a point
 MASTER_LADDER = (1.2, 1.6, 2.0, 2.6)  # offered, in multiples of the master's one-pod capacity
 MASTER_PODS = (2, 4, 8)  # the pod counts its cost is measured at (at_pods: linear between them)
-
-
-def model():
-    """loadtest/model as a module (the file has no .py suffix)."""
-    from importlib.machinery import SourceFileLoader
-    from importlib.util import module_from_spec, spec_from_loader
-
-    loader = SourceFileLoader("model", str(REPO / "loadtest/model"))
-    module = module_from_spec(spec_from_loader("model", loader))
-    loader.exec_module(module)
-    return module
 
 
 def millicores(cores):
@@ -385,7 +373,7 @@ class Run:
         machine lands in one repeat; the ladders of every repeat offer the same rates (from the
         first repeat's costs), so their steps pair up."""
         self.setup()
-        m = model()
+        m = model
         rates = {}
         for repeat in range(self.repeats):
             self.repeat = repeat
@@ -440,7 +428,7 @@ def model_error(row):
 
 def write_outputs(run):
     OUT.mkdir(parents=True, exist_ok=True)
-    m = model()
+    m = model
     (OUT / "run.json").write_text(json.dumps(
         {"pods": run.pods, "seconds": run.seconds, "steps": run.steps, "repeats": run.repeats}
     ))  # fmt: skip

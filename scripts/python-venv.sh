@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Creates .venv with deploy/tests/requirements.txt, once: a rerun with the same
-# requirements does nothing.
+# Creates .venv with the kit's Python package (pyproject.toml) installed
+# editable, with its pinned tools, once: a rerun with the same pyproject.toml
+# does nothing.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="$repo/.venv"
-requirements="$repo/deploy/tests/requirements.txt"
-stamp="$venv/.requirements.sha256"
+project="$repo/pyproject.toml"
+stamp="$venv/.pyproject.sha256"
 main() {
-    want=$(sha256sum "$requirements" | cut -d' ' -f1)
+    want=$(sha256sum "$project" | cut -d' ' -f1)
 
     if [[ -x $venv/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
         exit 0
@@ -20,7 +21,7 @@ main() {
     fi
     echo "python-venv: creating $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --editable "$repo"
     echo "$want" >"$stamp"
 }
 

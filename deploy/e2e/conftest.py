@@ -6,11 +6,19 @@ printed as a table after the run."""
 import os
 import secrets
 
-import kit
-import monitoring
 import pytest
 
+from deploy.e2e import kit, monitoring
+
 SCALE = kit.REPO / "deploy/e2e/scale"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if kit.E2E in item.path.parents:
+            item.add_marker(pytest.mark.podman)
+    # The live monitoring checks last: their panels and silent alerts cover the whole run.
+    items.sort(key=lambda item: item.path.name == "test_monitoring_live.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -107,11 +115,6 @@ def prometheus(pods):
     finally:
         server.stop()
         limits.stop()
-
-
-def pytest_collection_modifyitems(items):
-    # The live monitoring checks last: their panels and silent alerts cover the whole run.
-    items.sort(key=lambda item: item.path.name == "test_monitoring_live.py")
 
 
 @pytest.fixture

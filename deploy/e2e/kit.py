@@ -1,7 +1,7 @@
 """The e2e's view of the kit on podman: playing rendered manifests, the API pods
 over HTTP, the master over TLS, and tearing everything down.
 
-Used by conftest.py and the tests beside it; `python kit.py down` removes what
+Used by conftest.py and the tests beside it; `python -m deploy.e2e.kit down` removes what
 a run left behind (make e2e-down, after E2E_KEEP=1).
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import redis
 import yaml
-from podmanize import CONFIG_VOLUME_PREFIX
+
+from deploy.e2e.podmanize import CONFIG_VOLUME_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 E2E = REPO / "deploy/e2e"
@@ -221,7 +222,7 @@ def play(name, target, *options):
     rendered = sh("kubectl", "kustomize", REPO / "deploy" / target).stdout  # an absolute target stays as it is
     manifest = WORK / f"{name}.yaml"
     options += ("--config", WORK / "secrets.yaml", "--volume-dir", WORK / "volumes")
-    manifest.write_text(sh(sys.executable, E2E / "podmanize.py", *options, input=rendered).stdout)
+    manifest.write_text(sh(sys.executable, "-m", "deploy.e2e.podmanize", *options, input=rendered).stdout)
     podman("kube", "play", "--network", NETWORK, manifest, timeout=120)
     return manifest
 
@@ -376,5 +377,5 @@ def teardown():
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["down"]:
-        raise SystemExit("usage: kit.py down")
+        raise SystemExit("usage: python -m deploy.e2e.kit down")
     teardown()

@@ -43,7 +43,7 @@ Every change is something podman lacks, never a change of what the pods run
   ServiceAccount, NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget,
   PodMonitor): pods on one podman network reach each other by pod name.
 
-Usage: podmanize.py [--publish NAME=PORT]... [--rename OLD=NEW]... [--rename-config OLD=NEW]...
+Usage: python -m deploy.e2e.podmanize [--publish NAME=PORT]... [--rename OLD=NEW]... [--rename-config OLD=NEW]...
                     [--config FILE]... [--volume-dir DIR] [--replicas N] [--spread SERVICE=COUNT]...
                     [--scale STATEFULSET=N]... [--skip NAME]...
                     < rendered.yaml > play.yaml
@@ -61,7 +61,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from e2e_images import e2e_image, stand_ins
+
+from deploy.e2e.e2e_images import e2e_image, stand_ins
 
 DROPPED = {
     "Namespace",

@@ -3,7 +3,7 @@ it, and the API must stay unready and say why."""
 
 import time
 
-import kit
+from deploy.e2e import kit
 
 
 def test_bad_certificate(kit_network, summary):

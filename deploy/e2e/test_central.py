@@ -2,7 +2,7 @@
 
 import json
 
-import kit
+from deploy.e2e import kit
 
 
 def test_central_overlay(master, summary):

@@ -11,25 +11,16 @@ import re
 import secrets
 import time
 
-import kit
-import monitoring
 import pytest
 import yaml
-from monitoring import DASHBOARD, RULES
+
+from deploy.e2e import kit, monitoring
+from deploy.e2e.monitoring import DASHBOARD, RULES
+from deploy.monitoring import promql
 
 # kube-state-metrics' series for init containers (the native-sidecars component): podman
 # plays no native sidecars, so the `or` branch of the memory alerts that reads it has no series here.
 NOT_ON_PODMAN = {"kube_pod_init_container_resource_limits"}
-
-
-def promql():
-    """deploy/monitoring/promql.py, the one reader of the rules' and panels' selectors."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("promql", kit.REPO / "deploy/monitoring/promql.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rules() -> list[dict]:
@@ -149,17 +140,17 @@ def test_every_dashboard_panel_returns_series(prometheus, summary):
 
 def exposed(prometheus, metric, matchers, filled):
     """The label sets of the live series METRIC{MATCHERS} selects; regex matchers only need their label."""
-    exact = [(label, op, value) for label, op, value in promql().matchers(matchers) if op in ("=", "!=")]
+    exact = [(label, op, value) for label, op, value in promql.matchers(matchers) if op in ("=", "!=")]
     text = ", ".join(f'{label}{op}"{substitute(value, filled)}"' for label, op, value in exact)
     found = prometheus.series(f"{metric}{{{text}}}")
-    missing = {label for label, _, _ in promql().matchers(matchers)} - {name for s in found for name in s}
+    missing = {label for label, _, _ in promql.matchers(matchers)} - {name for s in found for name in s}
     return found, missing
 
 
 def test_every_metric_and_label_named_is_exposed_by_the_running_pods(prometheus):
     """Fails when a rule or a panel names a metric, a label or a label value the pods, their
     exporters and the limits do not expose: a rename in the API or the exporter breaks this."""
-    parse = promql()
+    parse = promql
     filled = variables(prometheus)
     named = [(f"alert {r['alert']}", r["expr"], " ".join(r["annotations"].values())) for r in rules()]
     named += [(f"panel {p['title']}", t["expr"], "") for p in dashboard()["panels"] for t in p["targets"]]

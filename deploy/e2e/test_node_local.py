@@ -8,8 +8,9 @@ pods reach the node replica by its pod name, which is the Service's name."""
 
 import time
 
-import kit
 import pytest
+
+from deploy.e2e import kit
 
 PODS = 2
 PORTS = (18120, 19120)

@@ -4,7 +4,7 @@ made without DNS, as on a machine that lacks the dnsname plugin."""
 import subprocess
 import sys
 
-import kit
+from deploy.e2e import kit
 
 NETWORK = "read-api-e2e-nodns"
 

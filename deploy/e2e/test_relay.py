@@ -9,8 +9,9 @@ would (REPLICAOF the other relay) and says so."""
 
 import time
 
-import kit
 import pytest
+
+from deploy.e2e import kit
 
 RELAYS = 2
 PODS = 2

@@ -8,8 +8,7 @@ import statistics
 import subprocess
 import time
 
-import kit
-import monitoring
+from deploy.e2e import kit, monitoring
 
 
 def test_every_pod_serves_known_key(master, pods, summary):

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,9 +23,9 @@ import pytest
 import redis
 import yaml
 
+from deploy.e2e.kit import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "deploy/e2e"))
-from kit import wait_for  # noqa: E402
 
 CONFIG = REPO / "deploy/config"
 USERS_FILE = CONFIG / "redis-master/acl-users.conf"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_manifests import CONFIG, DEPLOY, conf_lines, container, objects, one, pod_spec
+
+from deploy.tests.test_manifests import CONFIG, DEPLOY, conf_lines, container, objects, one, pod_spec
 
 COMPONENT = DEPLOY / "components/cert-manager"
 TARGET = "tests/master-components"

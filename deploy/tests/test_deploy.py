@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_manifests import SECRETS
+
+from deploy.tests.test_manifests import SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_manifests import RENDERED
+
+from deploy.tests.test_manifests import RENDERED
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "deploy/images/images.yaml"

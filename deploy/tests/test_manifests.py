@@ -3,7 +3,6 @@ real Kubernetes schemas, and read for what the topology promises."""
 
 import re
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -506,11 +505,8 @@ def test_the_e2e_images_run_as_the_manifests_users():
 
 
 def e2e_images_module():
-    sys.path.insert(0, str(DEPLOY / "e2e"))
-    try:
-        import e2e_images
-    finally:
-        sys.path.pop(0)
+    from deploy.e2e import e2e_images
+
     return e2e_images
 
 

@@ -2,7 +2,6 @@
 dashboard's queries (promtool), the exporters and heartbeat writers in the
 rendered manifests, and the Datadog annotations."""
 
-import importlib.util
 import json
 import os
 import re
@@ -15,7 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from test_manifests import conf_lines
+
+from deploy.tests.test_manifests import conf_lines
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -218,10 +218,9 @@ def test_every_alert_says_what_and_how_bad():
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("generate", MONITORING / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from deploy.monitoring import generate
+
+    return generate
 
 
 def monitoring_config() -> dict:
@@ -234,7 +233,9 @@ def test_every_generated_file_is_what_the_templates_and_the_config_make():
             f"{path.relative_to(REPO)} differs from deploy/monitoring/templates and config.yaml: "
             "run python3 deploy/monitoring/generate.py"
         )
-    result = subprocess.run([sys.executable, MONITORING / "generate.py", "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.monitoring.generate", "--check"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -307,10 +308,9 @@ def test_the_selectors_come_from_the_config_alone(tmp_path):
 
 
 def vector_selectors(expr: str) -> list[tuple[str, str]]:
-    spec = importlib.util.spec_from_file_location("promql", MONITORING / "promql.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.vector_selectors(expr)
+    from deploy.monitoring import promql
+
+    return promql.vector_selectors(expr)
 
 
 def job_of(metric: str) -> str:
@@ -561,8 +561,7 @@ def assert_password_map(spec, exporter, secret, addresses):
     assert volume["secret"]["secretName"] == secret
     [item] = volume["secret"]["items"]
     assert (item["key"], item["path"]) == ("exporter-passwords.json", Path(path).name)
-    sys.path.insert(0, str(REPO / "deploy/e2e"))
-    import kit
+    from deploy.e2e import kit
 
     assert list(json.loads(kit.exporter_passwords("pw", *addresses))) == addresses
     script = subprocess.run(
@@ -826,10 +825,9 @@ def test_component_objects_follow_a_namespace_of_yours(composition, tmp_path):
 
 
 def e2e_monitoring():
-    spec = importlib.util.spec_from_file_location("e2e_monitoring", DEPLOY / "e2e/monitoring.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from deploy.e2e import monitoring
+
+    return monitoring
 
 
 def test_the_e2e_prometheus_loads_the_rule_file_as_it_is_with_targets_labelled_from_the_config(tmp_path):

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from deploy.e2e import e2e_images
+
 REPO = Path(__file__).resolve().parents[2]
-E2E = REPO / "deploy/e2e"
-sys.path.insert(0, str(E2E))
-import e2e_images  # noqa: E402
 
 
 def render(target):
@@ -21,7 +20,7 @@ def render(target):
 
 def podmanize(rendered, *args):
     result = subprocess.run(
-        [sys.executable, E2E / "podmanize.py", *args], input=rendered, capture_output=True, text=True
+        [sys.executable, "-m", "deploy.e2e.podmanize", *args], input=rendered, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts import size
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-import size  # noqa: E402
 
 MI = 1024 * 1024
 # The size the shipped manifests are set for (docs/sizing.md).
@@ -132,8 +132,11 @@ def test_the_component_sizes_the_shared_replicas(tmp_path, topology, base, kind,
 
 def test_the_shipped_shared_replicas_are_what_make_size_says_for_the_stated_default():
     s = size.size(**DEFAULT)
-    for path, kind, want in [("overlays/relay/relay.yaml", "relay", s["master_memory"]),
-                             ("overlays/node-local/node-replica.yaml", "node", s["replica_memory"])]:  # fmt: skip
+    shared = [
+        ("overlays/relay/redis-relay/relay.yaml", "relay", s["master_memory"]),
+        ("overlays/node-local/redis-node/node-replica.yaml", "node", s["replica_memory"]),
+    ]
+    for path, kind, want in shared:
         workload = yaml.safe_load((REPO / "deploy" / path).read_text())
         resources = workload["spec"]["template"]["spec"]["containers"][0]["resources"]
         assert resources["limits"]["memory"] == resources["requests"]["memory"] == size.mebibytes(want), kind

@@ -3,12 +3,12 @@ end to end on podman and writes every output. The figures themselves are
 checked by the full run (README, "The original experiment, replayed")."""
 
 import csv
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "loadtest"))
-import replay  # noqa: E402
+import pytest
+
+from loadtest import replay
+
+pytestmark = pytest.mark.podman
 
 
 def test_a_quick_replay_writes_every_output():

@@ -7,17 +7,16 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from loadtest import model, replay
+from loadtest.lib import bench, results
+
 REPO = Path(__file__).resolve().parents[2]
 LOADTEST = REPO / "loadtest"
-sys.path.insert(0, str(LOADTEST / "lib"))
-import bench  # noqa: E402
-import results  # noqa: E402
 
 
 def free_port():
@@ -338,18 +337,8 @@ def test_cluster_step_renders_the_rate_pods_and_image_of_the_step():
     assert [e["value"] for e in container["env"][:2]] == ["1000", "7s"]
 
 
-def load_model():
-    from importlib.machinery import SourceFileLoader
-    from importlib.util import module_from_spec, spec_from_loader
-
-    loader = SourceFileLoader("model", str(LOADTEST / "model"))
-    module = module_from_spec(spec_from_loader("model", loader))
-    loader.exec_module(module)
-    return module
-
-
 def test_central_pods_serve_what_their_apis_allow_up_to_the_master():
-    m = load_model()
+    m = model
     limits = dict(api_cores=0.05, replica_cores=1.0, master_cores=0.025, api_us=50.0, replica_us=10.0)
     capacity = [m.predict_limits(n, "central", master_us=12.5, **limits) for n in (1, 2, 4)]
     # 1,000 reads/s per API; the master's 25,000 µs of CPU a second at 12.5 µs a read.
@@ -358,16 +347,13 @@ def test_central_pods_serve_what_their_apis_allow_up_to_the_master():
 
 
 def test_past_capacity_the_model_serves_the_sustained_share():
-    m = load_model()
+    m = model
     assert m.served(800, 1000, 0.9) == 800
     assert m.served(1000, 1000, 0.9) == 1000
     assert m.served(1500, 1000, 0.9) == pytest.approx(900)
 
 
 def test_the_replay_takes_each_point_as_the_median_of_its_repeats():
-    sys.path.insert(0, str(LOADTEST))
-    import replay
-
     def step(repeat, offered, served, p99):
         return {"topology": "central", "pods": 2, "offered": offered, "repeat": repeat, "requests": 10,
                 "throughput": served, "success": 1.0, "p99_ms": p99}  # fmt: skip
@@ -387,9 +373,6 @@ def test_the_replay_takes_each_point_as_the_median_of_its_repeats():
 
 
 def test_a_figure_measured_at_some_pod_counts_is_linear_between_them():
-    sys.path.insert(0, str(LOADTEST))
-    import replay
-
     master_us = {2: 15.4, 4: 12.2, 8: 14.4}
     assert [replay.at_pods(master_us, n) for n in (1, 2, 3, 4, 6, 8, 12)] == pytest.approx(
         [15.4, 15.4, 13.8, 12.2, 13.3, 14.4, 14.4]

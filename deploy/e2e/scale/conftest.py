@@ -10,36 +10,15 @@ figures per scenario.
 
 import os
 import platform
-import secrets
-import sys
 import time
 from pathlib import Path
 
-import kit
 import pytest
 import yaml
 
-sys.path.insert(0, str(kit.REPO / "scripts"))
-import size  # noqa: E402
-
-PODS = int(os.environ.get("PODS", "8"))
-DATASET_MB = int(os.environ.get("DATASET_MB", "256"))
-WRITES_PER_S = int(os.environ.get("WRITES_PER_S", "50"))
-EGRESS_MBPS = 1000
-OUT = kit.REPO / "target/scale"
-VALUE_BYTES = 1000
-
-
-def render_dir(name, base, sizing):
-    """A kustomization of deploy/BASE with the sizing component, as a user would apply it."""
-    path = OUT / "render" / name
-    path.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "resources": [os.path.relpath(kit.REPO / "deploy" / base, path)],
-        "components": [os.path.relpath(sizing, path)],
-    }
-    (path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
-    return path
+from deploy.e2e import kit
+from deploy.e2e.scale import DATASET_MB, EGRESS_MBPS, OUT, PODS, REPORT, VALUE_BYTES, WRITES_PER_S, render_dir, seed
+from scripts import size
 
 
 @pytest.fixture(scope="session")
@@ -70,21 +49,6 @@ def sizing():
     return renders
 
 
-def seed(client, megabytes):
-    """Writes 1000-byte values until the master's used_memory reaches MEGABYTES MiB.
-    The values are slices of random text: snapshots compress repeated bytes, and
-    full syncs must move the data set's real size."""
-    blob = secrets.token_urlsafe(2**20)
-    key, target = 0, megabytes * 2**20
-    while int(client.info("memory")["used_memory"]) < target:
-        pipe = client.pipeline(transaction=False)
-        for _ in range(16):
-            pipe.mset({f"data:{key + i}": blob[(key + i) % 1000 :][:VALUE_BYTES] for i in range(500)})
-            key += 500
-        pipe.execute()
-    return key
-
-
 @pytest.fixture(scope="session")
 def master(kit_network, passwords, sizing):
     """The sized master (deploy/master with the make size component), seeded with DATASET_MB."""
@@ -99,9 +63,6 @@ def master(kit_network, passwords, sizing):
     )
     yield client
     client.close()
-
-
-REPORT = {}
 
 
 def pytest_sessionfinish(session):

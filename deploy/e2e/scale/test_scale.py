@@ -6,10 +6,10 @@ import threading
 import time
 from collections import Counter
 
-import conftest as scale
-import kit
 import pytest
 import yaml
+
+from deploy.e2e import kit, scale
 
 FIRST_SYNC_DEADLINE = 900  # seconds for every pod of a cold start to be ready
 

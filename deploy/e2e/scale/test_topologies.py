@@ -25,11 +25,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import conftest as scale
-import kit
 import pytest
-import test_scale
 import yaml
+
+from deploy.e2e import kit, scale
+from deploy.e2e.scale import test_scale
 
 OUT = kit.REPO / "target/compare"
 TOPOLOGIES = ["sidecar", "relay", "node-local"]
