@@ -70,8 +70,10 @@ def test_no_pod_ready_fires_when_every_api_pod_is_gone(prometheus, pods, summary
         kit.podman("stop", "-t", "10", f"{pod.name}-api")
     try:
         alerts.wait("ReadApiNoPodReady to fire", lambda: any(e["firing"] for e in episodes()), 150)
+        # No target answers, so it is the absent() branch that fires, not a sum of zeros.
         up = prometheus.query(f'up{{job="{prometheus.jobs["api"]}"}}')
         assert {e["metric"]["pod"]: e["value"][1] for e in up} == {p.name: "0" for p in pods}, up
+        assert prometheus.query(f"absent(read_api_ready{{{selector(prometheus)}}})"), "read_api_ready is still there"
     finally:
         for pod in pods:
             kit.podman("start", f"{pod.name}-api")
@@ -147,17 +149,12 @@ def exposed(prometheus, metric, matchers, filled):
     return found, missing
 
 
-def test_every_metric_and_label_named_is_exposed_by_the_running_pods(prometheus):
-    """Fails when a rule or a panel names a metric, a label or a label value the pods, their
-    exporters and the limits do not expose: a rename in the API or the exporter breaks this."""
-    parse = promql
-    filled = variables(prometheus)
-    named = [(f"alert {r['alert']}", r["expr"], " ".join(r["annotations"].values())) for r in rules()]
-    named += [(f"panel {p['title']}", t["expr"], "") for p in dashboard()["panels"] for t in p["targets"]]
+def unexposed(prometheus, named, filled) -> list[str]:
+    """What the (name, expression, annotations) of NAMED select that the live series lack."""
     problems = []
     for what, expr, annotations in named:
         labels = set()
-        for metric, matchers in parse.vector_selectors(expr):
+        for metric, matchers in promql.vector_selectors(expr):
             if metric in NOT_ON_PODMAN:
                 continue
             found, missing = exposed(prometheus, metric, matchers, filled)
@@ -166,10 +163,30 @@ def test_every_metric_and_label_named_is_exposed_by_the_running_pods(prometheus)
             elif missing:
                 problems.append(f"{what}: {metric} has no label {sorted(missing)}")
             labels |= {name for s in found for name in s}
-        wanted = parse.grouping_labels(expr) | set(parse.ANNOTATION_LABEL.findall(annotations))
+        wanted = promql.grouping_labels(expr) | set(promql.ANNOTATION_LABEL.findall(annotations))
         if labels and wanted - labels:
             problems.append(f"{what}: groups or describes by {sorted(wanted - labels)}, which no series it reads has")
+    return problems
+
+
+def test_every_metric_and_label_named_is_exposed_by_the_running_pods(prometheus, summary):
+    """Fails when a rule or a panel names a metric, a label or a label value the pods, their
+    exporters and the limits do not expose: a rename in the API or the exporter breaks this."""
+    filled = variables(prometheus)
+    named = [(f"alert {r['alert']}", r["expr"], " ".join(r["annotations"].values())) for r in rules()]
+    named += [(f"panel {p['title']}", t["expr"], "") for p in dashboard()["panels"] for t in p["targets"]]
+    problems = unexposed(prometheus, named, filled)
     assert not problems, "\n".join(problems)
+    # The check itself: a renamed metric, a label value no series has, a grouping label nobody exports.
+    sel = selector(prometheus)
+    wrong = [
+        ("renamed", f"read_api_readyz{{{sel}}} == 0", ""),
+        ("value", f'redis_instance_info{{job="{prometheus.jobs["exporter"]}", role="replica"}}', ""),
+        ("grouping", f"sum by (shard) (read_api_ready{{{sel}}})", "{{ $labels.cluster }}"),
+    ]
+    caught = unexposed(prometheus, wrong, filled)
+    assert [p.split(":")[0] for p in caught] == ["renamed", "value", "grouping"], caught
+    summary(f"{len(named)} rules and panel queries: every metric, label and value they select is live")
 
 
 SILENT = {
