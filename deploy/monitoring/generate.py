@@ -8,7 +8,7 @@ with placeholders such as %(apiSelector)s. The outputs are committed, so that
 a kustomization or a Prometheus reads them as they are;
 deploy/tests/test_monitoring.py fails when one differs from what this writes.
 
-Usage: python3 deploy/monitoring/generate.py [--check]
+Usage: .venv/bin/python deploy/monitoring/generate.py [--check]  (make venv makes .venv)
 """
 
 import json
@@ -37,7 +37,7 @@ FILES = {
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # A label value that goes between double quotes in PromQL and into a Kubernetes name unescaped.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-REGENERATE = "python3 deploy/monitoring/generate.py"
+REGENERATE = ".venv/bin/python deploy/monitoring/generate.py"
 
 PROMETHEUS_RULE_HEADER = """\
 apiVersion: monitoring.coreos.com/v1

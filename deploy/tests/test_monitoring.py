@@ -231,7 +231,7 @@ def test_every_generated_file_is_what_the_templates_and_the_config_make():
     for path, text in load_generator().render().items():
         assert path.read_text() == text, (
             f"{path.relative_to(REPO)} differs from deploy/monitoring/templates and config.yaml: "
-            "run python3 deploy/monitoring/generate.py"
+            "run .venv/bin/python deploy/monitoring/generate.py"
         )
     result = subprocess.run(
         [sys.executable, "-m", "deploy.monitoring.generate", "--check"], cwd=REPO, capture_output=True, text=True
