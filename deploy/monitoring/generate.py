@@ -4,7 +4,8 @@
 config.yaml is the one home of what the monitoring selects (namespace, job
 names, container names, where runbooks live); the templates hold the rules, the
 rules' unit tests, the PodMonitors, the dashboard and the Datadog annotations
-with placeholders such as %(apiSelector)s. The outputs are committed, so that
+with placeholders such as %(apiSelector)s (named .in: no YAML or JSON until
+filled). The outputs are committed, so that
 a kustomization or a Prometheus reads them as they are;
 deploy/tests/test_monitoring.py fails when one differs from what this writes.
 
@@ -27,12 +28,12 @@ RULES = HERE / "read-api.rules.yaml"
 PROMETHEUS_RULE = COMPONENTS / "prometheus-rules/prometheus-rule.yaml"
 # template -> output; the PrometheusRule is made from the rule file (prometheus_rule()).
 FILES = {
-    "read-api.rules.yaml": RULES,
-    "read-api.rules.test.yaml": HERE / "read-api.rules.test.yaml",
-    "pod-monitor.yaml": COMPONENTS / "pod-monitor/pod-monitor.yaml",
-    "datadog-api.yaml": COMPONENTS / "datadog/api.yaml",
-    "datadog-redis-exporter.yaml": COMPONENTS / "datadog/redis-exporter.yaml",
-    "read-api-dashboard.json": COMPONENTS / "grafana-dashboard/read-api-dashboard.json",
+    "read-api.rules.yaml.in": RULES,
+    "read-api.rules.test.yaml.in": HERE / "read-api.rules.test.yaml",
+    "pod-monitor.yaml.in": COMPONENTS / "pod-monitor/pod-monitor.yaml",
+    "datadog-api.yaml.in": COMPONENTS / "datadog/api.yaml",
+    "datadog-redis-exporter.yaml.in": COMPONENTS / "datadog/redis-exporter.yaml",
+    "read-api-dashboard.json.in": COMPONENTS / "grafana-dashboard/read-api-dashboard.json",
 }
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # A label value that goes between double quotes in PromQL and into a Kubernetes name unescaped.
@@ -122,7 +123,7 @@ def generated_header(template: str) -> str:
 
 def render_template(template: str, filled: dict[str, str]) -> str:
     text = (TEMPLATES / template).read_text()
-    if template.endswith(".json"):
+    if template.endswith(".json.in"):
         # JSON has no comments; strings are filled after parsing, so a quote in a selector stays escaped.
         def walk(node):
             if isinstance(node, dict):
@@ -140,7 +141,7 @@ def prometheus_rule(rules: str) -> str:
     lines = rules.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("groups:"))
     body = [("  " + line) if line else "" for line in lines[start:]]
-    return generated_header("read-api.rules.yaml") + PROMETHEUS_RULE_HEADER + "\n".join(body) + "\n"
+    return generated_header("read-api.rules.yaml.in") + PROMETHEUS_RULE_HEADER + "\n".join(body) + "\n"
 
 
 def render(config: dict | None = None) -> dict[Path, str]:

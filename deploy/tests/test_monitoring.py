@@ -295,14 +295,14 @@ def test_the_selectors_come_from_the_config_alone(tmp_path):
         for name in default_names:
             assert f'"{name}"' not in expr, f"{name!r} is written into {expr!r} instead of coming from config.yaml"
     (tmp_path / RULES.name).write_text(outputs[generator.RULES])
-    (tmp_path / RULE_TESTS.name).write_text(outputs[generator.FILES[RULE_TESTS.name]])
+    (tmp_path / RULE_TESTS.name).write_text(outputs[generator.FILES[RULE_TESTS.name + ".in"]])
     run_promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    monitors = list(yaml.safe_load_all(outputs[generator.FILES["pod-monitor.yaml"]]))
+    monitors = list(yaml.safe_load_all(outputs[generator.FILES["pod-monitor.yaml.in"]]))
     assert [m["spec"]["podMetricsEndpoints"][0]["relabelings"] for m in monitors] == [
         [{"targetLabel": "job", "replacement": "team-a-api"}],
         [{"targetLabel": "job", "replacement": "team-a-exporters"}],
     ]
-    for name, container in (("datadog-api.yaml", "app"), ("datadog-redis-exporter.yaml", "exporter")):
+    for name, container in (("datadog-api.yaml.in", "app"), ("datadog-redis-exporter.yaml.in", "exporter")):
         annotations = yaml.safe_load(outputs[generator.FILES[name]])["spec"]["template"]["metadata"]["annotations"]
         assert list(annotations) == [f"ad.datadoghq.com/{container}.checks"]
 
