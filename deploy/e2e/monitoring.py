@@ -31,7 +31,7 @@ CONFIG = REPO / "deploy/monitoring/config.yaml"
 DASHBOARD = REPO / "deploy/components/grafana-dashboard/read-api-dashboard.json"
 # Short, so that an alert's `for:` is what its timing is made of: the rules' own
 # durations stay as they are.
-SCRAPE_SECONDS = 1
+SCRAPE_SECONDS = 2
 EVALUATION_SECONDS = 1
 
 
@@ -66,14 +66,21 @@ def targets(pods: list, exporter_ports: dict[str, int], master_exporter_port: in
 class PodLimits(threading.Thread):
     """kube-state-metrics' memory limits of PODS' containers, as podman enforces them."""
 
+    # podman is slow to ask on a busy machine, slower than a scrape's timeout: the limits are
+    # read again in the background this often, and every scrape gets the last reading.
+    REFRESH_SECONDS = 15
+
     def __init__(self, pods: list[str]):
         super().__init__(daemon=True)
         self.pods = pods
         self.namespace = monitoring_config()["namespace"]
+        self.body = self.read().encode()
+        self.stopped = threading.Event()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def text(self) -> str:
+    def read(self) -> str:
         lines = ["# TYPE kube_pod_container_resource_limits gauge"]
         for pod in self.pods:
             listed = subprocess.run(
@@ -100,12 +107,15 @@ class PodLimits(threading.Thread):
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                body = limits.text().encode()
+                body = limits.body
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except BrokenPipeError:  # a scrape that timed out
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -113,9 +123,11 @@ class PodLimits(threading.Thread):
         return Handler
 
     def run(self):
-        self.server.serve_forever()
+        while not self.stopped.wait(self.REFRESH_SECONDS):
+            self.body = self.read().encode()
 
     def stop(self):
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -221,9 +221,8 @@ def test_sync_and_memory_alerts_stayed_silent_through_the_run(prometheus, summar
 @pytest.fixture(autouse=True)
 def _targets_up(prometheus):
     """Each test starts with every target answering, so one test's failure is not the next one's."""
-    kit.wait_for(
-        "every Prometheus target up",
-        lambda: set(prometheus.targets_up().values()) == {"up"},
-        60,
-        every=0.5,
-    )
+    try:
+        kit.wait_for("every Prometheus target up", lambda: set(prometheus.targets_up().values()) == {"up"}, 60, 0.5)
+    except AssertionError as error:
+        down = {target: health for target, health in prometheus.targets_up().items() if health != "up"}
+        raise AssertionError(f"{error}: {down}") from None

@@ -8,7 +8,15 @@ import statistics
 import subprocess
 import time
 
+import pytest
+
 from deploy.e2e import kit, monitoring
+
+
+@pytest.fixture(autouse=True)
+def _watched(prometheus):
+    """Prometheus watches the pods from the first test here on, so that the live monitoring checks
+    (test_monitoring_live.py, run last) cover every test of this module."""
 
 
 def test_every_pod_serves_known_key(master, pods, summary):
