@@ -283,7 +283,7 @@ PODMAN_DEPS = podman runc catatonit pkg:golang-github-containernetworking-plugin
 
 .PHONY: e2e-preflight
 e2e-preflight: kubectl ## Check that podman can start pods here and that pods resolve each other by name.
-	@scripts/install-deps.sh $(PODMAN_DEPS) redis-server redis-cli stunnel4 prometheus-redis-exporter openssl
+	@scripts/install-deps.sh $(PODMAN_DEPS) redis-server redis-cli stunnel4 prometheus-redis-exporter prometheus openssl
 	@$(E2E_ENV) .venv/bin/python deploy/e2e/preflight.py
 
 .PHONY: e2e-images

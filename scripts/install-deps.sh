@@ -17,7 +17,7 @@ package_for() {
         runc) echo runc ;;
         catatonit) echo catatonit ;;
         shellcheck) echo shellcheck ;;
-        promtool) echo prometheus ;;
+        promtool | prometheus) echo prometheus ;;
         prometheus-redis-exporter) echo prometheus-redis-exporter ;;
         webdis) echo webdis ;;
         wrk) echo wrk ;;

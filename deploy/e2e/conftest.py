@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from deploy.e2e import kit
+from deploy.e2e import kit, monitoring
 
 SCALE = kit.REPO / "deploy/e2e/scale"
 
@@ -17,6 +17,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if kit.E2E in item.path.parents:
             item.add_marker(pytest.mark.podman)
+    # The live monitoring checks last: their panels and silent alerts cover the whole run.
+    items.sort(key=lambda item: item.path.name == "test_monitoring_live.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,7 +68,10 @@ def kit_network(passwords):
 @pytest.fixture(scope="session")
 def master(kit_network, passwords):
     """deploy/master played as pod redis-master, and a TLS client of it."""
-    kit.play("master", "master", "--publish", f"redis-tls={kit.MASTER_PORT}")
+    kit.play(
+        "master", "master", "--publish", f"redis-tls={kit.MASTER_PORT}",
+        "--publish", f"redis-metrics={kit.MASTER_EXPORTER_PORT}",
+    )  # fmt: skip
     client = kit.master_client(passwords["master"])
     kit.wait_for("the master's TLS port", client.ping, 60, every=0.5)
     yield client
@@ -96,6 +101,23 @@ def pods(master):
             print(f"--- podman pod logs {name} (last lines)\n{kit.pod_logs(name)}")
         raise
     return pods
+
+
+@pytest.fixture(scope="session")
+def prometheus(pods):
+    """A real Prometheus (monitoring.py) scraping the sidecar pods and the master, with the kit's rules."""
+    exporters = {pod.name: kit.EXPORTER_PORT + i for i, pod in enumerate(pods)}
+    limits = monitoring.PodLimits([pod.name for pod in pods])
+    limits.start()
+    targets = monitoring.targets(pods, exporters, kit.MASTER_EXPORTER_PORT)
+    server = monitoring.Prometheus(kit.WORK / "prometheus", targets, limits)
+    try:
+        server.wait_ready()
+        kit.wait_for("every Prometheus target up", lambda: set(server.targets_up().values()) == {"up"}, 30, every=0.5)
+        yield server
+    finally:
+        server.stop()
+        limits.stop()
 
 
 @pytest.fixture

@@ -68,6 +68,7 @@ MASTER_PORT = host_ports(1)  # the master's TLS port, published for the tests' w
 SIDECAR_PODS = 100
 API_PORT, ADMIN_PORT = api_ports(SIDECAR_PODS)
 EXPORTER_PORT = host_ports(SIDECAR_PODS)
+MASTER_EXPORTER_PORT = host_ports(1)  # the master's redis_exporter, for the e2e's Prometheus
 PODS = 3
 # Pods played by single tests publish ports of their own.
 LATE_PORTS = (API_PORT + PODS, ADMIN_PORT + PODS)
@@ -88,11 +89,20 @@ TRANSIENT = (
 
 # (test, outcome, seconds, one line of figures) of each test run, for the summary table.
 RESULTS = []
+# More tables after it: title -> (header, rows), such as the monitoring's alert timings.
+TABLES = {}
+
+
+def add_rows(title, header, rows):
+    TABLES.setdefault(title, (header, []))[1].extend(rows)
 
 
 def results_table():
     lines = ["| check | result | seconds | detail |", "| --- | --- | ---: | --- |"]
     lines += [f"| {name} | {outcome} | {seconds:.1f} | {detail} |" for name, outcome, seconds, detail in RESULTS]
+    for title, (header, rows) in TABLES.items():
+        lines += ["", f"{title}:", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -8,7 +8,15 @@ import statistics
 import subprocess
 import time
 
-from deploy.e2e import kit
+import pytest
+
+from deploy.e2e import kit, monitoring
+
+
+@pytest.fixture(autouse=True)
+def _watched(prometheus):
+    """Prometheus watches the pods from the first test here on, so that the live monitoring checks
+    (test_monitoring_live.py, run last) cover every test of this module."""
 
 
 def test_every_pod_serves_known_key(master, pods, summary):
@@ -80,7 +88,11 @@ def fresh(pod):
     return 0 <= pod.metric(HEARTBEAT_AGE) < FRESH
 
 
-def test_master_outage(master, pods, summary):
+# The alerts the master outage must raise on every pod, and that must resolve after it.
+OUTAGE_ALERTS = ("ReadApiReplicaLinkDown", "ReadApiReplicaStale")
+
+
+def test_master_outage(master, pods, prometheus, summary):
     master.set("known-key", "before the outage")
     for pod in pods:
         kit.wait_for(f"{pod.name} to see the last write", lambda p=pod: p.value("known-key") == "before the outage", 10)
@@ -91,6 +103,8 @@ def test_master_outage(master, pods, summary):
     # As Kubernetes would: SIGTERM and time to shut down while the pod's network
     # stays up (stopping the whole podman pod would tear the network down first).
     kit.podman("stop", "-t", "20", "redis-master-redis")
+    stopped = time.time()
+    names = {pod.name for pod in pods}
     try:
         for pod in pods:
             kit.wait_for(
@@ -113,6 +127,13 @@ def test_master_outage(master, pods, summary):
                 )
                 assert pod.ready()[0] == 200, f"{pod.name} stopped being ready without its master"
             time.sleep(0.1)
+        # The kit's own rules on the real Prometheus: pending, then firing past their `for:`, on every pod.
+        for name in OUTAGE_ALERTS:
+            prometheus.alerts.wait(
+                f"{name} firing on every pod",
+                lambda name=name: monitoring.pods_in(prometheus.alerts.since(stopped, name), "firing") >= names,
+                240,
+            )
     finally:
         kit.podman("start", "redis-master-redis")
         kit.wait_for("the master to come back", master.ping, 60, every=0.5)
@@ -121,6 +142,16 @@ def test_master_outage(master, pods, summary):
         kit.wait_for(f"{pod.name} to get the new write", lambda p=pod: p.value("known-key") == "after the outage", 60)
         kit.wait_for(f"{pod.name}'s heartbeat age back under {FRESH} s", lambda p=pod: fresh(p), 60)
         assert pod.exporter_metric("redis_master_link_up") == 1, f"{pod.name}: its exporter still sees the link down"
+    for name in OUTAGE_ALERTS:
+        prometheus.alerts.wait(
+            f"{name} resolved on every pod",
+            lambda name=name: monitoring.pods_in(prometheus.alerts.since(stopped, name), "resolved") >= names,
+            60,
+        )
+    episodes = [e for name in OUTAGE_ALERTS for e in prometheus.alerts.since(stopped, name)]
+    for e in episodes:
+        assert e["pending"] < e["firing"] < e["resolved"], f"{e['name']} {e['labels'].get('pod')}: {e}"
+    kit.add_rows("Alerts", monitoring.TIMELINE_HEADER, monitoring.timeline_rows("master outage", stopped, episodes))
     summary(
         "every pod kept answering 200 with the last value and /metrics showed the link down; new writes arrived "
         f"after; heartbeat age rose past {stale:.0f} s and fell back under {FRESH} s; each exporter showed the link "

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -217,18 +218,175 @@ def test_every_alert_says_what_and_how_bad():
 
 
 def load_generator():
-    from deploy.monitoring import prometheus_rule
+    from deploy.monitoring import generate
 
-    return prometheus_rule
+    return generate
+
+
+def monitoring_config() -> dict:
+    return load_generator().load_config()
+
+
+def test_every_generated_file_is_what_the_templates_and_the_config_make():
+    for path, text in load_generator().render().items():
+        assert path.read_text() == text, (
+            f"{path.relative_to(REPO)} differs from deploy/monitoring/templates and config.yaml: "
+            "run .venv/bin/python deploy/monitoring/generate.py"
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.monitoring.generate", "--check"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_prometheus_rule_is_the_rule_file():
-    assert PROMETHEUS_RULE.read_text() == load_generator().render(), (
-        "deploy/components/prometheus-rules/prometheus-rule.yaml differs from deploy/monitoring/read-api.rules.yaml: "
-        "run python3 deploy/monitoring/prometheus_rule.py"
-    )
     resource = yaml.safe_load(PROMETHEUS_RULE.read_text())
     assert resource["spec"] == yaml.safe_load(RULES.read_text())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.pop("namespace"), "namespace must be a name"),
+        (lambda c: c["jobs"].update(api='read-api", job=~".*'), "jobs.api must be a name"),
+        (lambda c: c["containers"].pop("redis"), "containers.redis must be a name"),
+        (lambda c: c.update(runbook_url="https://example.com/runbooks.md#top"), "runbook_url must be the address"),
+    ],
+)
+def test_a_bad_config_is_one_line_naming_the_field(edit, message, tmp_path):
+    config = yaml.safe_load((MONITORING / "config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    generator = load_generator()
+    with pytest.raises(generator.ConfigError, match=message) as error:
+        generator.load_config(path)
+    assert "\n" not in str(error.value)
+
+
+def test_every_template_placeholder_is_known():
+    generator = load_generator()
+    known = set(generator.values(monitoring_config()))
+    for template in generator.TEMPLATES.iterdir():
+        unknown = set(generator.PLACEHOLDER.findall(template.read_text())) - known
+        assert not unknown, f"{template.name}: {sorted(unknown)}"
+
+
+# Another kit's settings: every name differs from the defaults.
+OTHER_CONFIG = {
+    "namespace": "team-a",
+    "jobs": {"api": "team-a-api", "exporter": "team-a-exporters", "kube_state_metrics": "ksm"},
+    "containers": {"api": "app", "redis": "replica", "exporter": "exporter"},
+    "runbook_url": "https://wiki.example.com/read-api/runbooks.md",
+}
+
+
+def test_the_selectors_come_from_the_config_alone(tmp_path):
+    """With other settings, the rules select only those, and their unit tests still pass: nothing in
+    the templates names a job, namespace or container by itself."""
+    generator = load_generator()
+    outputs = generator.render(OTHER_CONFIG)
+    defaults = monitoring_config()
+    rules = yaml.safe_load(outputs[generator.RULES])
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    exprs += [expr for _, expr in panel_queries(json.loads(outputs[DASHBOARD]))]
+    default_names = [defaults["namespace"], *defaults["jobs"].values(), defaults["containers"]["redis"]]
+    for expr in exprs:
+        for name in default_names:
+            assert f'"{name}"' not in expr, f"{name!r} is written into {expr!r} instead of coming from config.yaml"
+    (tmp_path / RULES.name).write_text(outputs[generator.RULES])
+    (tmp_path / RULE_TESTS.name).write_text(outputs[generator.FILES[RULE_TESTS.name + ".in"]])
+    run_promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    monitors = list(yaml.safe_load_all(outputs[generator.FILES["pod-monitor.yaml.in"]]))
+    assert [m["spec"]["podMetricsEndpoints"][0]["relabelings"] for m in monitors] == [
+        [{"targetLabel": "job", "replacement": "team-a-api"}],
+        [{"targetLabel": "job", "replacement": "team-a-exporters"}],
+    ]
+    for name, container in (("datadog-api.yaml.in", "app"), ("datadog-redis-exporter.yaml.in", "exporter")):
+        annotations = yaml.safe_load(outputs[generator.FILES[name]])["spec"]["template"]["metadata"]["annotations"]
+        assert list(annotations) == [f"ad.datadoghq.com/{container}.checks"]
+
+
+def vector_selectors(expr: str) -> list[tuple[str, str]]:
+    from deploy.monitoring import promql
+
+    return promql.vector_selectors(expr)
+
+
+def job_of(metric: str) -> str:
+    jobs = monitoring_config()["jobs"]
+    return (
+        jobs["api"]
+        if metric.startswith("read_api_")
+        else jobs["kube_state_metrics" if metric.startswith("kube_") else "exporter"]
+    )
+
+
+def test_every_rule_selects_its_job_and_the_namespace():
+    namespace = monitoring_config()["namespace"]
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            for metric, matchers in vector_selectors(rule["expr"]):
+                assert f'job="{job_of(metric)}"' in matchers, f"{rule['alert']}: {metric}{{{matchers}}} selects no job"
+                assert f'namespace="{namespace}"' in matchers, f"{rule['alert']}: {metric}{{{matchers}}}"
+
+
+def test_every_dashboard_query_selects_its_job():
+    queries = panel_queries() + [
+        (v["name"], v["definition"]) for v in dashboard()["templating"]["list"] if v["type"] == "query"
+    ]
+    for title, expr in queries:
+        for metric, matchers in vector_selectors(expr):
+            assert f'job="{job_of(metric)}"' in matchers, f"{title}: {metric}{{{matchers}}} selects no job"
+
+
+def test_the_configured_containers_are_the_api_pods_containers(rendered):
+    """kube-state-metrics labels the memory limit with the redis container's name, and Datadog's
+    annotations are keyed by container: the names in config.yaml must be the pods' own."""
+    containers = monitoring_config()["containers"]
+    spec = pod_spec(one(rendered, "Deployment", "read-api"))
+    for name in containers.values():
+        container(spec, name)
+    assert "redis-replica.conf" in " ".join(container(spec, containers["redis"])["command"]), "not the replica"
+    for rule in [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]:
+        for metric, matchers in vector_selectors(rule["expr"]):
+            if metric.startswith("kube_"):
+                assert f'container="{containers["redis"]}"' in matchers, rule["alert"]
+
+
+# --- runbooks ---------------------------------------------------------------
+
+RUNBOOKS = REPO / "docs/runbooks.md"
+RUNBOOK_PARTS = ["**Symptom.**", "**Likely causes.**", "**Confirm.**", "**Fix.**"]
+
+
+def runbook_sections() -> dict[str, str]:
+    text = RUNBOOKS.read_text()
+    parts = re.split(r"^## (\w+)\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_every_alert_links_its_runbook_section():
+    base = monitoring_config()["runbook_url"]
+    assert base.endswith("docs/runbooks.md") or base.endswith("/runbooks.md"), base
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            assert rule["annotations"].get("runbook_url") == f"{base}#{rule['alert'].lower()}", rule["alert"]
+
+
+def test_the_runbooks_have_one_section_per_alert_and_no_other():
+    assert list(runbook_sections()) == alert_names(), (
+        "docs/runbooks.md: one ## section per alert, in the rule file's order"
+    )
+
+
+@pytest.mark.parametrize("alert", alert_names())
+def test_each_runbook_says_symptom_causes_how_to_confirm_and_the_fix(alert):
+    section = runbook_sections()[alert]
+    at = [section.find(part) for part in RUNBOOK_PARTS]
+    assert -1 not in at and at == sorted(at), f"{alert}: needs {', '.join(RUNBOOK_PARTS)}, in that order"
+    confirm = section[at[2] : at[3]]
+    assert "```sh" in confirm, f"{alert}: the Confirm part gives the commands to run"
 
 
 def test_the_prometheus_rule_has_the_shape_the_operator_reads(rendered):
@@ -250,9 +408,9 @@ def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
 
 
-def panel_queries() -> list[tuple[str, str]]:
+def panel_queries(board: dict | None = None) -> list[tuple[str, str]]:
     found = []
-    for panel in dashboard()["panels"]:
+    for panel in (board or dashboard())["panels"]:
         for target in panel.get("targets", []):
             found.append((f"{panel['title']} ({target['refId']})", target["expr"]))
     return found
@@ -595,12 +753,13 @@ def check_openmetrics(workload, name, config):
 def test_datadog_annotations_are_openmetrics_checks_on_real_ports(rendered):
     deployment = one(rendered, "Deployment", "read-api")
     checks = datadog_checks(deployment)
-    assert set(checks) == {"api", "redis-exporter"}
-    api = check_openmetrics(deployment, "api", checks["api"])
+    names = monitoring_config()["containers"]
+    assert set(checks) == {names["api"], names["exporter"]}
+    api = check_openmetrics(deployment, names["api"], checks[names["api"]])
     admin = next(p for p in container(pod_spec(deployment), "api")["ports"] if p["name"] == "admin")
     assert urlsplit(api["openmetrics_endpoint"]).port == admin["containerPort"] == 9090
     assert api["namespace"] == "read_api" and api["raw_metric_prefix"] == "read_api_"
-    redis = check_openmetrics(deployment, "redis-exporter", checks["redis-exporter"])
+    redis = check_openmetrics(deployment, names["exporter"], checks[names["exporter"]])
     prefix = redis["raw_metric_prefix"]
     for metric in redis["metrics"]:
         # Counters are named without _total in the openmetrics check.
@@ -661,3 +820,43 @@ def test_component_objects_follow_a_namespace_of_yours(composition, tmp_path):
     for volume in heartbeat["volumes"]:
         if "configMap" in volume:
             assert volume["configMap"]["name"] in config_maps, f"{volume['configMap']['name']} unresolved"
+
+
+# --- the e2e's Prometheus ----------------------------------------------------
+
+
+def e2e_monitoring():
+    from deploy.e2e import monitoring
+
+    return monitoring
+
+
+def test_the_e2e_prometheus_loads_the_rule_file_as_it_is_with_targets_labelled_from_the_config(tmp_path):
+    """What the e2e's Prometheus is given (deploy/e2e/monitoring.py), checked by promtool: the kit's
+    own rule file, unchanged, and targets whose job and namespace labels are the ones it selects."""
+    module = e2e_monitoring()
+
+    class Pod:
+        def __init__(self, name, admin):
+            self.name, self.admin = name, admin
+
+    pods = [Pod("read-api-0", 19080), Pod("read-api-1", 19081)]
+    targets = module.targets(pods, {"read-api-0": 17080, "read-api-1": 17081}, 17090)
+    config = module.Prometheus.config(targets, limits=None)
+    assert config["rule_files"] == [str(RULES)]
+    settings = monitoring_config()
+    jobs = {c["job_name"]: c["static_configs"] for c in config["scrape_configs"]}
+    assert set(jobs) == {settings["jobs"]["api"], settings["jobs"]["exporter"]}
+    for static in jobs.values():
+        for entry in static:
+            assert entry["labels"]["namespace"] == settings["namespace"]
+            assert entry["labels"]["container"] in settings["containers"].values()
+    assert [e["labels"]["pod"] for e in jobs[settings["jobs"]["exporter"]]] == [
+        "read-api-0",
+        "read-api-1",
+        "redis-master",
+    ]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_promtool("check", "config", path, cwd=tmp_path)
+    assert f"SUCCESS: {len(alert_names())} rules found" in out
