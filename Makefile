@@ -81,11 +81,11 @@ oha: ## Install oha OHA_VERSION, the stand-in for vegeta, into ~/.cargo/bin (com
 .PHONY: test
 test: test-fast test-e2e ## Every test, as CI runs it (.ci/run): test-fast, then test-e2e.
 
-# The three suites wait on servers and subprocesses more than they compute, so
+# The suites wait on servers and subprocesses more than they compute, so
 # they run side by side; their installs are done first, so no two apt-gets meet.
 .PHONY: test-fast
 test-fast: lint test-deps ## No containers: lint, manifests, Rust unit and in-process tests, the load-test kit's unit tests.
-	@$(MAKE) -j3 --output-sync=target test-manifests test-rust test-loadtest
+	@$(MAKE) -j4 --output-sync=target test-manifests test-rust test-loadtest
 
 .PHONY: test-e2e
 test-e2e: e2e test-scale test-replay test-ladders ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
@@ -109,8 +109,19 @@ test-ladders: venv oha ## The load-test kit under load: oha ladders on the local
 	.venv/bin/pytest -q -m load loadtest/tests
 
 .PHONY: test-manifests
-test-manifests: test-deps ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules and the master's ACL users on real servers.
-	.venv/bin/pytest -q deploy/tests
+test-manifests: test-manifests-rendered test-manifests-scripts ## Render every kustomization, validate it for Kubernetes 1.29 and 1.33, check the topology, the alert rules, deploy.sh and make doctor, the master's ACL users on real servers.
+
+# The manifest tests in two halves of about equal time, which make -j runs side
+# by side: what the renders hold, and what the scripts do with them.
+MANIFEST_SCRIPT_TESTS = deploy/tests/test_deploy.py deploy/tests/test_first_deploy.py deploy/tests/test_doctor.py
+
+.PHONY: test-manifests-rendered
+test-manifests-rendered: test-deps
+	.venv/bin/pytest -q $(addprefix --ignore=,$(MANIFEST_SCRIPT_TESTS)) deploy/tests
+
+.PHONY: test-manifests-scripts
+test-manifests-scripts: test-deps
+	.venv/bin/pytest -q $(MANIFEST_SCRIPT_TESTS)
 
 .PHONY: golden
 golden: kubectl ## Write deploy/tests/golden/ again from today's renders, after an intended change of deploy/; review its diff.

@@ -60,9 +60,11 @@ render() {
         master | namespace | doctor) dir=$1 ;;
         *) die "render takes sidecar, central, relay, node-local or master, not '$1'" ;;
     esac
-    local work="$repo/target/deploy/$1"
-    rm -rf "$work"
-    mkdir -p "$work"
+    # A directory of its own: two renders at once (make render beside a deploy,
+    # the tests side by side) must not write into each other's kustomization.
+    mkdir -p "$repo/target/deploy"
+    local work
+    work=$(mktemp -d "$repo/target/deploy/$1.XXXXXX")
     command -v envsubst >/dev/null || "$repo/scripts/install-deps.sh" envsubst
     local components=() name path
     if [[ $1 != namespace && $1 != doctor ]]; then
@@ -93,7 +95,10 @@ render() {
         SECRETS_HASH=${SECRETS_HASH:-} COMPONENTS="${components[*]}" \
         envsubst '$DIR $NAMESPACE $IMAGE_REGISTRY $IMAGE_TAG $READ_API_DIGEST $READ_API_STUNNEL_DIGEST $SECRETS_HASH $COMPONENTS' \
         <"$repo/scripts/templates/render.kustomization.yaml" >"$work/kustomization.yaml"
-    kubectl kustomize "$work"
+    local status=0
+    kubectl kustomize "$work" || status=$?
+    rm -rf "$work"
+    return "$status"
 }
 
 # generate NAME WORK VARIABLES: scripts/templates/components/NAME, filled in, as WORK/NAME.
