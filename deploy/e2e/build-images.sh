@@ -124,7 +124,11 @@ main() {
     case ${1:-all} in
         all)
             e2e_images=$("$repo/.venv/bin/python" "$repo/deploy/e2e/e2e_images.py")
-            build_api && build_redis && build_stunnel && build_redis_exporter
+            # One statement each: inside an && list, errexit would not stop a failed build.
+            build_api
+            build_redis
+            build_stunnel
+            build_redis_exporter
             ;;
         probe) build_probe ;;
         *) echo "usage: build-images.sh [all|probe]" >&2; exit 2 ;;
