@@ -26,23 +26,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.tests.test_manifests import RENDERED
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 GOLDEN = DEPLOY / "tests/golden"
 UPDATE = os.environ.get("GOLDEN_UPDATE") == "1"
 
 # test_manifests.py's renders, and what the e2e plays for the API pods.
-KUSTOMIZATIONS = [
-    "base",
-    "overlays/sidecar",
-    "overlays/central",
-    "overlays/relay",
-    "overlays/node-local",
-    "master",
-    "tests/all-components",
-    "tests/master-components",
-    "e2e/sidecar",
-]
+KUSTOMIZATIONS = [*RENDERED, "e2e/sidecar"]
 # test_render.py's: `scripts/deploy.sh render` of each topology, and each
 # component in a kustomization of the user's own over each overlay it is for.
 TOPOLOGIES = ["sidecar", "central", "relay", "node-local", "master"]

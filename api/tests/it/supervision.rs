@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{signal, wait_for, ApiProcess, RedisServer};
+use crate::support::{self, signal, wait_for, ApiProcess, RedisServer};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -47,13 +47,7 @@ async fn assert_exits_naming(api: &mut ApiProcess, task: &str, how: &str) {
 }
 
 fn tracking_client_id(redis: &RedisServer) -> Option<String> {
-    redis
-        .cli(&["CLIENT", "LIST"])
-        .lines()
-        .find(|l| l.contains(" name=read-api-tracking "))?
-        .split(' ')
-        .find_map(|f| f.strip_prefix("id="))
-        .map(str::to_owned)
+    support::tracking_client_id(&redis.cli(&["CLIENT", "LIST"]))
 }
 
 #[tokio::test]

@@ -172,13 +172,7 @@ async fn a_full_resync_of_the_replica_drops_the_cache() {
 
 /// The tracking connection's id on the replica, from `CLIENT LIST`.
 fn tracking_client_id(topology: &Topology) -> Option<String> {
-    topology
-        .replica_cli(&["CLIENT", "LIST"])
-        .lines()
-        .find(|l| l.contains(" name=read-api-tracking "))?
-        .split(' ')
-        .find_map(|f| f.strip_prefix("id="))
-        .map(str::to_owned)
+    support::tracking_client_id(&topology.replica_cli(&["CLIENT", "LIST"]))
 }
 
 #[tokio::test]

@@ -29,6 +29,16 @@ pub fn free_port() -> u16 {
 }
 
 /// The value of one unlabelled metric line in Prometheus text.
+/// The id of the API's tracking connection in a `CLIENT LIST` answer.
+pub fn tracking_client_id(client_list: &str) -> Option<String> {
+    client_list
+        .lines()
+        .find(|l| l.contains(" name=read-api-tracking "))?
+        .split(' ')
+        .find_map(|f| f.strip_prefix("id="))
+        .map(str::to_owned)
+}
+
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
