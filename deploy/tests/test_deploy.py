@@ -5,14 +5,12 @@ replicas' own account."""
 
 import base64
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from deploy.tests.recording_cluster import RecordingCluster
 from deploy.tests.test_manifests import SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,57 +18,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cluster(tmp_path):
-    """PATH with the fake kubectl first; returns a runner of deploy.sh and the stored objects."""
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
-    state_dir = state
-    bin_dir.mkdir()
-    state.mkdir()
-    # As kind and most clusters have it: a default StorageClass for the master's volume.
-    default = {"storageclass.kubernetes.io/is-default-class": "true"}
-    sc = {
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": "standard", "annotations": default},
-    }
-    (state / "StorageClass.standard.yaml").write_text(yaml.safe_dump(sc))
-    kubectl = bin_dir / "kubectl"
-    kubectl.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / "fake_kubectl.py"} "$@"\n')
-    kubectl.chmod(0o755)
-    env = {
-        "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "FAKE_KUBE_STATE": str(state),
-        "REAL_KUBECTL": shutil.which("kubectl"),
-        "CERTS_DIR": str(tmp_path / "certs"),
-        "IMAGES_RECORD": str(tmp_path / "registry"),
-    }
+    """deploy.sh against the recording kubectl, a default StorageClass stored (as kind and most clusters have)."""
+    return DeployCluster(tmp_path)
 
-    class Cluster:
-        def deploy(self, *args, **extra):
-            return subprocess.run(
-                ["scripts/deploy.sh", *args],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                env={**env, **extra},
-                timeout=120,
-            )
 
-        def secret(self, name):
-            path = state / f"Secret.{name}.yaml"
-            assert path.exists(), f"no Secret {name} applied"
-            data = yaml.safe_load(path.read_text())["data"]
-            return {k: base64.b64decode(v).decode() for k, v in data.items()}
+class DeployCluster(RecordingCluster):
+    def __init__(self, root):
+        super().__init__(root)
+        default = {"storageclass.kubernetes.io/is-default-class": "true"}
+        self.store(
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": "standard", "annotations": default},
+            }
+        )
 
-        state = state_dir
+    def deploy(self, *args, **extra):
+        return self.run(["scripts/deploy.sh", *args], timeout=120, CERTS_DIR=str(self.root / "certs"), **extra)
 
-        def applied(self, kind):
-            return [p.name for p in state.glob(f"{kind}.*.yaml")]
-
-        def store(self, obj):
-            (state / f"{obj['kind']}.{obj['metadata']['name']}.yaml").write_text(yaml.safe_dump(obj))
-
-    return Cluster()
+    def secret(self, name):
+        path = self.state / f"Secret.{name}.yaml"
+        assert path.exists(), f"no Secret {name} applied"
+        data = yaml.safe_load(path.read_text())["data"]
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
 
 def test_deploy_master_writes_every_key_the_manifests_read(cluster):

@@ -3,8 +3,6 @@ a cluster where the first deploy would work says ok; each way it would fail is
 one FAIL line that says what to do."""
 
 import base64
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.tests.recording_cluster import RecordingCluster
+
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1024**3
+REGISTRY = "registry.example.com/team"
 
 
 def node(name, cpu="8", memory="32Gi", zone="europe-west1-b"):
@@ -45,44 +46,22 @@ IN_CLUSTER = {
 @pytest.fixture
 def doctor(tmp_path):
     """A healthy cluster (three zoned nodes, a default StorageClass, the master's Secret) and a runner of doctor.py."""
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
-    bin_dir.mkdir()
-    state.mkdir()
-    kubectl = bin_dir / "kubectl"
-    kubectl.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / "fake_kubectl.py"} "$@"\n')
-    kubectl.chmod(0o755)
 
-    class Doctor:
-        def store(self, obj):
-            (state / f"{obj['kind']}.{obj['metadata']['name']}.yaml").write_text(yaml.safe_dump(obj))
-
-        def remove(self, kind, name):
-            (state / f"{kind}.{name}.yaml").unlink()
-
-        def stored(self, kind, name):
-            return yaml.safe_load((state / f"{kind}.{name}.yaml").read_text())
-
-        def calls(self):
-            return [json.loads(line) for line in (state / "calls").read_text().splitlines()]
-
+    class Doctor(RecordingCluster):
         def run(self, **extra):
-            env = {
-                "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
-                "HOME": str(tmp_path),
-                "FAKE_KUBE_STATE": str(state),
-                "REAL_KUBECTL": shutil.which("kubectl"),
-                "IMAGES_RECORD": str(tmp_path / "registry"),
-                "IMAGE_REGISTRY": "registry.example.com/team",
-                "FAKE_CONTEXT": "gke_team_europe-west1_prod",
-                **extra,
-            }
-            result = subprocess.run(
-                [sys.executable, "scripts/doctor.py"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+            result = super().run(
+                [sys.executable, "scripts/doctor.py"],
+                timeout=300,
+                **{
+                    "IMAGE_REGISTRY": "registry.example.com/team",
+                    "FAKE_CONTEXT": "gke_team_europe-west1_prod",
+                    **extra,
+                },
             )
             self.failures = [line for line in result.stdout.splitlines() if line.startswith("doctor: FAIL")]
             return result
 
-    d = Doctor()
+    d = Doctor(tmp_path)
     for i, zone in enumerate("bcd"):
         d.store(node(f"node-{i}", zone=f"europe-west1-{zone}"))
     d.store(

@@ -15,6 +15,7 @@ import yaml
 
 from deploy.tests import test_deploy
 from deploy.tests.test_manifests import RENDERED, objects, pod_spec, policies, selects, workloads
+from deploy.tests.test_render import render
 
 NODELOCAL_DNSCACHE = "169.254.20.10"
 GKE_CLOUD_DNS = "169.254.169.254"
@@ -111,7 +112,7 @@ def test_a_stuck_pod_does_not_block_node_drains():
 @pytest.fixture
 def cluster(tmp_path):
     """test_deploy.py's cluster: deploy.sh against the recording kubectl."""
-    return test_deploy.cluster.__wrapped__(tmp_path)
+    return test_deploy.DeployCluster(tmp_path)
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -375,18 +376,6 @@ def quantity(value, kind):
     return next(float(value[: -len(u)]) * f for u, f in units.items() if value.endswith(u))
 
 
-def render_sized(target, **env):
-    result = subprocess.run(
-        ["scripts/deploy.sh", "render", target],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "IMAGES_RECORD": "/nonexistent", **env},
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
-
-
 def requested(objects):
     """CPU (m) and memory (Mi) the pods of OBJECTS request on one node, with the Deployment's surge pod."""
     total = {"cpu": 0, "memory": 0}
@@ -406,10 +395,10 @@ def requested(objects):
 
 @pytest.mark.parametrize("topology", ["sidecar", "central", "relay", "node-local"])
 def test_the_small_profile_fits_a_laptop_kind_node(topology):
-    need = requested(render_sized("master", SIZE="small") + render_sized(topology, SIZE="small"))
+    need = requested(render("master", SIZE="small") + render(topology, SIZE="small"))
     for kind in need:
         assert need[kind] <= NODE[kind] - KIND_SYSTEM[kind], f"{topology}: {kind} {need[kind]} does not fit"
-    kit = requested(render_sized("master", SIZE="default") + render_sized(topology, SIZE="default"))
+    kit = requested(render("master", SIZE="default") + render(topology, SIZE="default"))
     assert topology == "central" or kit["cpu"] > NODE["cpu"] - KIND_SYSTEM["cpu"], "the kit's own sizes do not"
 
 
@@ -540,7 +529,7 @@ EXTRA_RENDERS = [
 @pytest.mark.parametrize("version", ["1.29.0", "1.33.0"])
 def test_what_the_deploy_targets_add_validates_strictly(target, env, version, tmp_path):
     manifest = tmp_path / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump_all(render_sized(target, **env)))
+    manifest.write_text(yaml.safe_dump_all(render(target, **env)))
     result = subprocess.run(
         [REPO / ".venv/bin/kubernetes-validate", "--strict", "-k", version, "--quiet", str(manifest)],
         capture_output=True,
