@@ -299,7 +299,7 @@ mod tests {
         for bad in [
             "",
             "abc:1",
-            &format!("{A}"),
+            A,
             &format!("{A}:"),
             &format!("{A}:-1"),
             &format!("{A}:+1"),
