@@ -98,7 +98,7 @@ pub struct ConsistencyMetrics {
     /// One per entry of [`REFUSAL_REASONS`], resolved at start.
     pub refusals: [IntCounter; REFUSAL_REASONS.len()],
     refusals_vec: IntCounterVec,
-    /// Reads with `Min-Position` that found the replica behind and waited.
+    /// Reads with `Min-Position` the last poll could not answer, which asked Redis again.
     pub waits: IntCounter,
     /// How long those waits took, reached or not.
     pub wait_seconds: Histogram,
@@ -258,7 +258,7 @@ impl Metrics {
             refusals_vec: refusals,
             waits: counter(
                 POSITION_WAITS_TOTAL,
-                "Reads with Min-Position that found the replica behind and waited for it.",
+                "Reads with Min-Position the last INFO poll could not answer, which asked Redis again and waited.",
             ),
             wait_seconds: Histogram::with_opts(
                 HistogramOpts::new(
