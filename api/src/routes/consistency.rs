@@ -57,26 +57,32 @@ pub fn is_query_parameter(name: &str) -> bool {
     QUERY_PARAMETERS.contains(&name)
 }
 
+/// What the middleware shares across requests.
+pub struct Shared {
+    pub fresh: Arc<Freshness>,
+    pub metrics: ConsistencyMetrics,
+}
+
 /// The middleware around the key routes.
 pub async fn consistency(
-    fresh: Arc<Freshness>,
-    metrics: ConsistencyMetrics,
+    shared: Arc<Shared>,
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    let Shared { fresh, metrics } = &*shared;
     let ask = match asked(req.headers(), req.query_string()) {
         Ok(ask) => ask,
-        Err(e) => return Ok(decorated(&fresh, req.error_response(e))),
+        Err(e) => return Ok(decorated(fresh, req.error_response(e))),
     };
     if let Some(ask) = ask {
-        if let Err(refusal) = meet(&fresh, &metrics, &ask, &req).await {
-            return Ok(decorated(&fresh, req.error_response(refusal)));
+        if let Err(refusal) = meet(fresh, metrics, &ask, &req).await {
+            return Ok(decorated(fresh, req.error_response(refusal)));
         }
         if ask.min_position.is_some() {
             req.extensions_mut().insert(SkipCache);
         }
     }
-    Ok(decorated(&fresh, next.call(req).await?))
+    Ok(decorated(fresh, next.call(req).await?))
 }
 
 fn decorated(

@@ -48,12 +48,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
     let one = metrics.route(keys::ONE_KEY_ROUTE);
     let batch = metrics.route("/v1/keys");
     let consistency = {
-        let fresh = Arc::clone(&state.freshness);
-        let metrics = metrics.consistency.clone();
+        // One Arc, so that a request pays one reference count for both.
+        let shared = Arc::new(consistency::Shared {
+            fresh: Arc::clone(&state.freshness),
+            metrics: metrics.consistency.clone(),
+        });
         move || {
-            let (fresh, metrics) = (fresh.clone(), metrics.clone());
+            let shared = Arc::clone(&shared);
             from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                consistency::consistency(fresh.clone(), metrics.clone(), req, next)
+                consistency::consistency(Arc::clone(&shared), req, next)
             })
         }
     };
