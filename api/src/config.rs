@@ -117,6 +117,8 @@ pub struct Settings {
     pub cache_max_value_bytes: usize,
     /// The bound on requests in flight per HTTP worker (see `admission`).
     pub admission: AdmissionSettings,
+    /// The longest a read with `Min-Position` waits for the replica to reach it.
+    pub position_max_wait: Duration,
 }
 
 /// How requests past capacity are refused (see `admission`).
@@ -173,6 +175,7 @@ struct RawSettings {
     admission_max_in_flight: Option<String>,
     admission_min_in_flight: Option<String>,
     admission_queue_ms: Option<String>,
+    position_max_wait_ms: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -339,6 +342,15 @@ impl Settings {
                 "REPLICA_POLL_MS",
                 raw.replica_poll_ms,
                 50..=60_000,
+                1000,
+            )?),
+            // 1 s: a replica that is up follows its master within
+            // milliseconds; one a second behind is cut off, and the client
+            // does better trying another pod than holding a request open.
+            position_max_wait: Duration::from_millis(number(
+                "POSITION_MAX_WAIT_MS",
+                raw.position_max_wait_ms,
+                0..=60_000,
                 1000,
             )?),
         })
@@ -689,6 +701,8 @@ mod tests {
             ("ADMISSION_MIN_IN_FLIGHT", "-1"),
             ("ADMISSION_QUEUE_MS", "60001"),
             ("ADMISSION_QUEUE_MS", "2ms"),
+            ("POSITION_MAX_WAIT_MS", "60001"),
+            ("POSITION_MAX_WAIT_MS", "1s"),
         ];
         for (variable, value) in cases {
             let err = settings(&[(variable, value)]).expect_err(variable);

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// Refused by admission control before any work: the worker is at its bound.
     #[error("the API is at capacity, retry shortly")]
     Overloaded,
+    /// `Max-Staleness` or `Min-Position` not met: `code` is one of
+    /// `metrics::REFUSAL_REASONS`, `message` says what the pod has instead.
+    #[error("{message}")]
+    NotFresh { code: &'static str, message: String },
 }
 
 /// `Retry-After` of every 503: a second is long enough for a burst to pass
@@ -65,6 +69,7 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::BadGateway(_) => "bad_gateway",
             Self::Overloaded => "overloaded",
+            Self::NotFresh { code, .. } => code,
         }
     }
 
@@ -102,7 +107,9 @@ impl ResponseError for ApiError {
             | Self::ValueNotUtf8(_)
             | Self::ValueTooLarge { .. }
             | Self::ResponseTooLarge { .. } => StatusCode::CONFLICT,
-            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded | Self::NotFresh { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -111,7 +118,7 @@ impl ResponseError for ApiError {
         let message = self.to_string();
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::Unavailable(_) | Self::Overloaded => {
+            Self::Unavailable(_) | Self::Overloaded | Self::NotFresh { .. } => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
             Self::MethodNotAllowed => {

@@ -13,6 +13,8 @@
 //! - [`cache`]: answers kept in memory, shared by the workers, dropped when
 //!   Redis reports their key changed ([`cache::tracking`]).
 //! - [`replica`]: the background poll of `INFO` that decides readiness.
+//! - [`freshness`]: the data age and replication position that poll
+//!   publishes, for the headers of every answer and for position tokens.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own listener.
 //! - [`metrics`] and [`telemetry`]: Prometheus names and the tracing subscriber.
 //! - [`error`]: every failure mapped to an HTTP status and a stable JSON body.
@@ -24,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod fault;
+pub mod freshness;
 pub mod metrics;
 pub mod replica;
 pub mod routes;

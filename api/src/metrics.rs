@@ -41,6 +41,9 @@ pub const ADMISSION_ADMITTED_TOTAL: &str = "read_api_admission_admitted_total";
 pub const ADMISSION_SHED_TOTAL: &str = "read_api_admission_shed_total";
 pub const ADMISSION_LIMIT: &str = "read_api_admission_limit";
 pub const ADMISSION_IN_FLIGHT: &str = "read_api_admission_in_flight";
+pub const CONSISTENCY_REFUSALS_TOTAL: &str = "read_api_consistency_refusals_total";
+pub const POSITION_WAITS_TOTAL: &str = "read_api_position_waits_total";
+pub const POSITION_WAIT_SECONDS: &str = "read_api_position_wait_seconds";
 
 /// 50 µs to 1 s: a local replica answers in tens of microseconds, a remote
 /// master over TLS in milliseconds, and anything near a second is an outage.
@@ -70,6 +73,35 @@ pub struct Metrics {
     pub replica_heartbeat_age_seconds: Gauge,
     pub cache: CacheMetrics,
     pub admission: AdmissionMetrics,
+    pub consistency: ConsistencyMetrics,
+}
+
+/// Why a read was refused for what the client asked of its freshness (see
+/// `routes::consistency`): data older than `Max-Staleness`, data of unknown
+/// age, a `Min-Position` not reached in time, or one of another history.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "too_stale",
+    "age_unknown",
+    "position_not_reached",
+    "position_other_history",
+];
+
+/// 1 ms to 60 s: a replica catches up within milliseconds; the rest is the
+/// range of `POSITION_MAX_WAIT_MS`.
+pub const POSITION_WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// The freshness refusals and the waits of reads with a position token.
+#[derive(Clone)]
+pub struct ConsistencyMetrics {
+    /// One per entry of [`REFUSAL_REASONS`], resolved at start.
+    pub refusals: [IntCounter; REFUSAL_REASONS.len()],
+    refusals_vec: IntCounterVec,
+    /// Reads with `Min-Position` the last poll could not answer, which asked Redis again.
+    pub waits: IntCounter,
+    /// How long those waits took, reached or not.
+    pub wait_seconds: Histogram,
 }
 
 /// Why admission control refused a request: the worker was at
@@ -213,9 +245,34 @@ impl Metrics {
                 "Requests admitted and not yet answered, summed over workers.",
             ),
         };
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                CONSISTENCY_REFUSALS_TOTAL,
+                "Reads refused with 503 for Max-Staleness or Min-Position, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let consistency = ConsistencyMetrics {
+            refusals: REFUSAL_REASONS.map(|reason| refusals.with_label_values(&[reason])),
+            refusals_vec: refusals,
+            waits: counter(
+                POSITION_WAITS_TOTAL,
+                "Reads with Min-Position the last INFO poll could not answer, which asked Redis again and waited.",
+            ),
+            wait_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    POSITION_WAIT_SECONDS,
+                    "Time reads with Min-Position waited for the replica, reached or not.",
+                )
+                .buckets(POSITION_WAIT_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+        };
         let metrics = Self {
             cache,
             admission,
+            consistency,
             http_requests,
             http_duration,
             redis_errors,
@@ -279,6 +336,9 @@ impl Metrics {
             Box::new(metrics.admission.shed_vec.clone()),
             Box::new(metrics.admission.limit.clone()),
             Box::new(metrics.admission.in_flight.clone()),
+            Box::new(metrics.consistency.refusals_vec.clone()),
+            Box::new(metrics.consistency.waits.clone()),
+            Box::new(metrics.consistency.wait_seconds.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

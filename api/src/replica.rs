@@ -18,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::{
     cache::ValueCache,
     fault,
+    freshness::Freshness,
     metrics::Metrics,
     store::{Store, WorkerPools},
 };
@@ -36,6 +37,9 @@ pub struct RedisStatus {
     pub offset: i64,
     /// The replication id this Redis follows (or, for a master, its own).
     pub master_replid: String,
+    /// The history the one above continues, valid below `second_repl_offset`.
+    pub master_replid2: String,
+    pub second_repl_offset: i64,
     /// A diskless load into a second data set, swapped in at its end.
     pub async_loading: bool,
 }
@@ -55,6 +59,8 @@ impl RedisStatus {
                 "loading" => status.loading = value == "1",
                 "async_loading" => status.async_loading = value == "1",
                 "master_replid" => status.master_replid = value.to_owned(),
+                "master_replid2" => status.master_replid2 = value.to_owned(),
+                "second_repl_offset" => status.second_repl_offset = value.parse().unwrap_or(-1),
                 "master_last_io_seconds_ago" => {
                     status.last_io_seconds = value.parse().ok().filter(|s: &f64| *s >= 0.0)
                 }
@@ -274,6 +280,8 @@ pub struct MonitorSettings {
     pub every: Duration,
     pub max_link_down: Option<Duration>,
     pub heartbeat_key: Option<String>,
+    /// Where each poll publishes the data age and the replication position.
+    pub freshness: Arc<Freshness>,
 }
 
 /// Polls Redis until the process ends, keeping `readiness` and the replica gauges current.
@@ -297,6 +305,7 @@ pub async fn monitor(
             _ = ticks.tick() => {}
             () = &mut fault => panic!("injected fault in the replica monitor"),
         }
+        let polled = Instant::now();
         let poll = match store.info(&["server", "replication", "persistence"]).await {
             Ok(info) => {
                 let mut status = RedisStatus::parse(&info);
@@ -319,6 +328,7 @@ pub async fn monitor(
             _ => -1.0,
         };
         metrics.replica_heartbeat_age_seconds.set(heartbeat);
+        settings.freshness.observe(poll.as_ref(), heartbeat, polled);
         // A full resync replaces the replica's data. Redis reports that to
         // the tracking connection as a flush; this is the second line, for
         // what it may not report (a diskless load swapped in whole). A link

@@ -18,6 +18,7 @@ use crate::{
     config::{ConfigError, Settings},
     error::task_end,
     fault,
+    freshness::Freshness,
     metrics::Metrics,
     replica::{self, MonitorSettings, Readiness},
     routes::{self, Limits, PublicState},
@@ -81,6 +82,7 @@ impl Application {
             .map(HeaderValue::from_str)
             .transpose()
             .map_err(|_| ConfigError::new("CACHE_CONTROL", "not a valid header value"))?;
+        let freshness = Arc::new(Freshness::new(settings.position_max_wait));
         let grace_seconds = settings.shutdown_grace.as_secs();
         let public = {
             let admission = Admission::new(settings.admission, metrics.admission.clone());
@@ -88,6 +90,7 @@ impl Application {
             let store_config = store_config.clone();
             let readiness = readiness.clone();
             let value_cache = value_cache.clone();
+            let freshness = freshness.clone();
             HttpServer::new(move || {
                 // Runs once per worker, on the worker's thread: see StoreConfig::connect.
                 let state = PublicState {
@@ -95,6 +98,7 @@ impl Application {
                     limits,
                     cache_control: cache_control.clone(),
                     cache: value_cache.clone(),
+                    freshness: freshness.clone(),
                 };
                 let readiness = readiness.clone();
                 App::new()
@@ -142,6 +146,7 @@ impl Application {
                 every: settings.replica_poll,
                 max_link_down: settings.ready_max_link_down,
                 heartbeat_key: settings.heartbeat_key.clone(),
+                freshness,
             },
             value_cache.clone(),
             store_config.worker_pools(),

@@ -15,6 +15,7 @@ use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use super::{
     caching::{etag_header, respond, respond_tagged},
+    consistency::{is_query_parameter, skips_cache},
     Limits, PublicState,
 };
 use crate::{
@@ -50,7 +51,8 @@ pub async fn get_one(
         return Err(ApiError::MethodNotAllowed);
     }
     let key = decode_key(segment, false, state.limits.max_key_bytes)?;
-    let ticket = match state.cache.as_deref().map(|cache| cache.lookup(&key)) {
+    let cache = state.cache.as_deref().filter(|_| !skips_cache(&req));
+    let ticket = match cache.map(|cache| cache.lookup(&key)) {
         Some(Ok(cached)) => return answer(&req, &state, &key, &cached),
         Some(Err(ticket)) => ticket,
         None => None,
@@ -128,8 +130,8 @@ pub async fn get_batch(
     let keys = parse_batch_query(req.query_string(), state.limits)?;
     let max = state.store.limits().max_batch_bytes;
     let values = match &state.cache {
-        Some(cache) => read_through(cache, &state, &keys, max).await?,
-        None => state
+        Some(cache) if !skips_cache(&req) => read_through(cache, &state, &keys, max).await?,
+        _ => state
             .store
             .get_many(&keys)
             .await?
@@ -288,6 +290,9 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
     let mut keys = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_query_parameter(name) {
+            continue;
+        }
         if name != "key" {
             let name = decode(name, true)
                 .ok()

@@ -1,6 +1,7 @@
 //! The public route table, shared by the server and the tests.
 
 mod caching;
+pub mod consistency;
 mod keys;
 mod observe;
 mod request_id;
@@ -19,7 +20,9 @@ pub use request_id::request_id;
 
 use std::sync::Arc;
 
-use crate::{cache::ValueCache, error::ApiError, metrics::Metrics, store::Store};
+use crate::{
+    cache::ValueCache, error::ApiError, freshness::Freshness, metrics::Metrics, store::Store,
+};
 
 /// Input limits from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -36,15 +39,32 @@ pub struct PublicState {
     pub cache_control: Option<HeaderValue>,
     /// The value cache shared by every worker; `None` when `CACHE_MAX_BYTES` is 0.
     pub cache: Option<Arc<ValueCache>>,
+    /// The data age and replication position every answer carries.
+    pub freshness: Arc<Freshness>,
 }
 
 /// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD) with request metrics on each.
 pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
     let one = metrics.route(keys::ONE_KEY_ROUTE);
     let batch = metrics.route("/v1/keys");
+    let consistency = {
+        // One Arc, so that a request pays one reference count for both.
+        let shared = Arc::new(consistency::Shared {
+            fresh: Arc::clone(&state.freshness),
+            metrics: metrics.consistency.clone(),
+        });
+        move || {
+            let shared = Arc::clone(&shared);
+            from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
+                consistency::consistency(Arc::clone(&shared), req, next)
+            })
+        }
+    };
     cfg.app_data(web::Data::new(state))
         .service(
             web::resource("/v1/keys")
+                // Inside the metrics: a refusal counts as the route's 503.
+                .wrap(consistency())
                 .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
                     observe::observe(batch.clone(), req, next)
                 }))
@@ -57,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
         // The handler takes the key from the raw path anyway (see keys).
         .service(
             web::scope(keys::ONE_KEY_PREFIX)
+                .wrap(consistency())
                 .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
                     observe::observe(one.clone(), req, next)
                 }))

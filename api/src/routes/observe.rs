@@ -23,7 +23,8 @@ pub async fn observe(
     let response = next.call(req).await?;
     let status = response.status();
     metrics.observe(status.as_u16(), started.elapsed().as_secs_f64());
-    if status.is_server_error() {
+    // A freshness refusal is the pod saying what the client asked it to.
+    if status.is_server_error() && !refused_for_freshness(&response) {
         let cause = response
             .response()
             .error()
@@ -41,4 +42,12 @@ pub async fn observe(
         );
     }
     Ok(response)
+}
+
+fn refused_for_freshness(response: &ServiceResponse<BoxBody>) -> bool {
+    response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>())
+        .is_some_and(|e| matches!(e, ApiError::NotFresh { .. }))
 }
