@@ -4,6 +4,7 @@ mod caching;
 mod keys;
 mod observe;
 mod request_id;
+mod watch;
 
 use actix_web::{
     body::BoxBody,
@@ -19,7 +20,7 @@ pub use request_id::request_id;
 
 use std::sync::Arc;
 
-use crate::{cache::ValueCache, error::ApiError, metrics::Metrics, store::Store};
+use crate::{cache::ValueCache, error::ApiError, metrics::Metrics, store::Store, watch::WatchHub};
 
 /// Input limits from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -36,13 +37,25 @@ pub struct PublicState {
     pub cache_control: Option<HeaderValue>,
     /// The value cache shared by every worker; `None` when `CACHE_MAX_BYTES` is 0.
     pub cache: Option<Arc<ValueCache>>,
+    /// The change streams' hub; `None` when `WATCH_MAX_WATCHERS` is 0.
+    pub watch: Option<Arc<WatchHub>>,
 }
 
-/// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD) with request metrics on each.
+/// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD), and `/v1/watch`
+/// (GET), with request metrics on each.
 pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
     let one = metrics.route(keys::ONE_KEY_ROUTE);
     let batch = metrics.route("/v1/keys");
+    let watch = metrics.route(watch::ROUTE);
     cfg.app_data(web::Data::new(state))
+        .service(
+            web::resource(watch::ROUTE)
+                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
+                    observe::observe(watch.clone(), req, next)
+                }))
+                .route(web::get().to(watch::watch))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             web::resource("/v1/keys")
                 .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
