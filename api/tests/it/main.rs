@@ -18,3 +18,4 @@ mod readme;
 mod supervision;
 mod topology;
 mod value_cache;
+mod watch;
