@@ -674,11 +674,13 @@ impl Watcher {
 
     fn on_value(&mut self, key: Arc<str>, shown: Arc<Shown>, frames: &mut Vec<Bytes>) {
         self.watermark = self.watermark.max(shown.seq);
-        if self.pending.is_some() {
-            self.have.insert(key, shown);
+        // A note queued before a resync read the table is older than what
+        // the table gave.
+        if self.have.get(&key).is_some_and(|had| had.seq >= shown.seq) {
             return;
         }
-        if self.have.get(&key).is_some_and(|had| had.seq >= shown.seq) {
+        if self.pending.is_some() {
+            self.have.insert(key, shown);
             return;
         }
         frames.push(self.frame("change", &shown.change));

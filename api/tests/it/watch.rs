@@ -13,7 +13,7 @@ use std::{
 use fred::prelude::*;
 use serde_json::{json, Value};
 
-use crate::support::{self, wait_for, RedisServer, TestApp};
+use crate::support::{self, topology::Topology, wait_for, RedisServer, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -43,7 +43,11 @@ fn stream_client() -> reqwest::Client {
 
 impl Stream {
     async fn open(app: &TestApp, query: &str, last_id: Option<&str>) -> Self {
-        Self::try_open(&stream_client(), &app.base, query, last_id)
+        Self::open_at(&app.base, query, last_id).await
+    }
+
+    async fn open_at(base: &str, query: &str, last_id: Option<&str>) -> Self {
+        Self::try_open(&stream_client(), base, query, last_id)
             .await
             .unwrap_or_else(|(status, body)| panic!("/v1/watch?{query}: {status} {body}"))
     }
@@ -362,6 +366,44 @@ async fn killing_the_tracking_connection_makes_every_watcher_resynchronise() {
             &metrics,
             "read_api_watch_resyncs_total{reason=\"tracking_lost\"}"
         ) >= 5.0
+    );
+}
+
+#[tokio::test]
+async fn a_flush_makes_every_watcher_resynchronise() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "a", "1"]);
+    let app = app(&redis, &[]).await;
+    let mut stream = Stream::open(&app, "key=a", None).await;
+    stream.expect("snapshot").await;
+    redis.cli(&["FLUSHALL"]);
+    let snapshot = stream.expect("snapshot").await;
+    assert_eq!(
+        snapshot.data,
+        json!({"reason": "redis_flush", "resync": true, "values": {"a": null}})
+    );
+}
+
+/// Through the sidecar topology: a write on the TLS master reaches the
+/// replica, whose invalidation reaches the stream.
+#[tokio::test]
+async fn a_write_on_the_master_reaches_a_stream_through_the_replica() {
+    let topology = Topology::new("sidecar");
+    topology.up();
+    topology.seed("doc", "v1");
+    let client = stream_client();
+    let mut stream = wait_for("the stream to start with v1", DEADLINE, || async {
+        let mut stream = Stream::try_open(&client, &topology.api, "key=doc", None)
+            .await
+            .ok()?;
+        let snapshot = stream.expect("snapshot").await;
+        (snapshot.data["values"]["doc"] == "v1").then_some(stream)
+    })
+    .await;
+    topology.seed("doc", "v2");
+    assert_eq!(
+        stream.expect("change").await.data,
+        json!({"key": "doc", "value": "v2"})
     );
 }
 
