@@ -1,8 +1,9 @@
 //! Change streams (`GET /v1/watch`) against a real redis-server: the first
 //! values and every change after, with the value cache on and off; resuming
 //! with `Last-Event-ID`; every stream resynchronised when the tracking
-//! connection is killed; the bounds; the drain; and 100 watchers under 200
-//! writes a second.
+//! connection is killed, on a flush, and when its client reads too slowly;
+//! a write through the sidecar topology; the bounds; the drain; and 100
+//! watchers under 200 writes a second.
 
 use std::{
     collections::HashMap,
@@ -382,6 +383,124 @@ async fn a_flush_makes_every_watcher_resynchronise() {
         snapshot.data,
         json!({"reason": "redis_flush", "resync": true, "values": {"a": null}})
     );
+}
+
+/// A client that stops reading while its key changes fast fills its queues:
+/// it stops getting notes, and once it reads again it is sent the value again
+/// (`lagged`), the final one in the end.
+#[tokio::test]
+async fn a_client_that_reads_too_slowly_is_resynchronised() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const KEYS: usize = 100;
+    const WRITES: usize = 3000;
+    let redis = RedisServer::start();
+    let app = app(&redis, &[]).await;
+    let query: Vec<String> = (0..KEYS).map(|k| format!("key=k{k}")).collect();
+    // A socket of its own with a small receive buffer: loopback's would
+    // otherwise take tens of megabytes before the server felt anything.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/watch?{} HTTP/1.1\r\nHost: test\r\n\r\n",
+        query.join("&")
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let client = writer(&redis).await;
+    let padding = "x".repeat(16 << 10);
+    // Rounds of one write per key, apart: each round is a batch of the hub's
+    // and a note per key, however fast the hub reads.
+    for i in 0..WRITES {
+        let _: () = client
+            .set(
+                format!("k{}", i % KEYS),
+                format!("{i}:{padding}"),
+                None,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        if i % KEYS == KEYS - 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Now read: the head, then the chunked body, event by event.
+    let mut raw = Vec::new();
+    let mut body = Vec::new();
+    let mut head_done = false;
+    let mut lagged = false;
+    let mut last: HashMap<String, usize> = HashMap::new();
+    let number = |v: &Value| -> usize {
+        v.as_str()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while !(last.len() == KEYS && last.values().all(|i| *i >= WRITES - KEYS)) {
+        assert!(
+            Instant::now() < deadline,
+            "the final values within the deadline"
+        );
+        let mut buf = vec![0u8; 1 << 16];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early");
+        raw.extend_from_slice(&buf[..n]);
+        if !head_done {
+            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            raw.drain(..end + 4);
+            head_done = true;
+        }
+        // Chunks: `<hex size>\r\n<data>\r\n`.
+        while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap(), 16).unwrap();
+            if raw.len() < eol + 2 + size + 2 {
+                break;
+            }
+            body.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+            raw.drain(..eol + 2 + size + 2);
+        }
+        while let Some(end) = body.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = body.drain(..end + 2).collect();
+            let text = String::from_utf8(block).unwrap();
+            let event = text.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = text.lines().find_map(|l| l.strip_prefix("data: "));
+            let (Some(event), Some(data)) = (event, data) else {
+                continue;
+            };
+            let data: Value = serde_json::from_str(data).unwrap();
+            match event {
+                "change" => {
+                    last.insert(
+                        data["key"].as_str().unwrap().to_owned(),
+                        number(&data["value"]),
+                    );
+                }
+                "snapshot" if data["reason"] == "initial" => {}
+                "snapshot" => {
+                    assert_eq!(data["reason"], "lagged", "{:?}", data["reason"]);
+                    lagged = true;
+                    for (key, value) in data["values"].as_object().unwrap() {
+                        last.insert(key.clone(), number(value));
+                    }
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert!(lagged, "the queues never overflowed: write more");
+    let metrics = app.metrics().await;
+    assert!(counter(&metrics, "read_api_watch_resyncs_total{reason=\"lagged\"}") >= 1.0);
 }
 
 /// Through the sidecar topology: a write on the TLS master reaches the
