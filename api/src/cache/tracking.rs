@@ -130,7 +130,7 @@ pub async fn run(store: StoreConfig, listeners: Listeners, prefix: String) {
         // Said once per distinct problem: a Redis that refuses CLIENT
         // TRACKING (an ACL without it) would otherwise log every retry.
         if problem != last_problem {
-            tracing::warn!(problem = %problem, "value cache off until the tracking connection is back");
+            tracing::warn!(problem = %problem, "value cache off and change streams paused until the tracking connection is back");
             last_problem = problem;
         }
         tokio::time::sleep(backoff).await;
