@@ -119,6 +119,21 @@ pub struct Settings {
     pub admission: AdmissionSettings,
     /// The longest a read with `Min-Position` waits for the replica to reach it.
     pub position_max_wait: Duration,
+    /// The change streams' bounds (see `watch`).
+    pub watch: WatchSettings,
+}
+
+/// `WATCH_MAX_WATCHERS`, `WATCH_MAX_KEYS`, `WATCH_HEARTBEAT_SECONDS`, `WATCH_HISTORY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Streams open at once in the pod; 0 turns `/v1/watch` off.
+    pub max_watchers: usize,
+    /// Keys one stream may watch.
+    pub max_keys: usize,
+    /// How often an idle stream gets a comment line.
+    pub heartbeat: Duration,
+    /// Changes remembered for a reconnecting client's `Last-Event-ID`.
+    pub history: usize,
 }
 
 /// How requests past capacity are refused (see `admission`).
@@ -176,6 +191,10 @@ struct RawSettings {
     admission_min_in_flight: Option<String>,
     admission_queue_ms: Option<String>,
     position_max_wait_ms: Option<String>,
+    watch_max_watchers: Option<String>,
+    watch_max_keys: Option<String>,
+    watch_heartbeat_seconds: Option<String>,
+    watch_history: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -277,7 +296,34 @@ impl Settings {
             raw.admission_min_in_flight,
             raw.admission_queue_ms,
         )?;
+        // 1000 streams: each holds a socket, a task and two small queues
+        // (kilobytes), and every change of a watched key is read once
+        // whatever the number of watchers; more than this per pod is a fan-out
+        // better served by more pods.
+        let watch = WatchSettings {
+            max_watchers: number(
+                "WATCH_MAX_WATCHERS",
+                raw.watch_max_watchers,
+                0..=1_000_000,
+                1000,
+            )?,
+            // As many as a batch read: a snapshot holds every value at once.
+            max_keys: number("WATCH_MAX_KEYS", raw.watch_max_keys, 1..=10_000, 100)?,
+            // 15 s: under the idle timeouts of the usual proxies (nginx and
+            // most cloud load balancers: 60 s; some at 30 s).
+            heartbeat: Duration::from_secs(number(
+                "WATCH_HEARTBEAT_SECONDS",
+                raw.watch_heartbeat_seconds,
+                1..=3600,
+                15,
+            )?),
+            // 10,000 changes: about a megabyte of key names, a minute of
+            // writes at 150/s under the prefix, past which a reconnecting
+            // client gets every value again.
+            history: number("WATCH_HISTORY", raw.watch_history, 1..=10_000_000, 10_000)?,
+        };
         Ok(Self {
+            watch,
             cache_max_bytes,
             cache_max_value_bytes,
             admission,
@@ -703,6 +749,12 @@ mod tests {
             ("ADMISSION_QUEUE_MS", "2ms"),
             ("POSITION_MAX_WAIT_MS", "60001"),
             ("POSITION_MAX_WAIT_MS", "1s"),
+            ("WATCH_MAX_WATCHERS", "-1"),
+            ("WATCH_MAX_KEYS", "0"),
+            ("WATCH_MAX_KEYS", "10001"),
+            ("WATCH_HEARTBEAT_SECONDS", "0"),
+            ("WATCH_HEARTBEAT_SECONDS", "15s"),
+            ("WATCH_HISTORY", "0"),
         ];
         for (variable, value) in cases {
             let err = settings(&[(variable, value)]).expect_err(variable);

@@ -42,6 +42,12 @@ pub enum ApiError {
     /// `metrics::REFUSAL_REASONS`, `message` says what the pod has instead.
     #[error("{message}")]
     NotFresh { code: &'static str, message: String },
+    /// `/v1/watch` at `WATCH_MAX_WATCHERS` streams in this pod.
+    #[error("this pod has WATCH_MAX_WATCHERS ({max}) change streams open; retry shortly (another pod may have room)")]
+    TooManyWatchers { max: usize },
+    /// `/v1/watch` cannot start a stream now: the tracking connection is down, or the pod drains.
+    #[error("change streams are unavailable: {0}; retry shortly")]
+    WatchUnavailable(&'static str),
 }
 
 /// `Retry-After` of every 503: a second is long enough for a burst to pass
@@ -70,6 +76,8 @@ impl ApiError {
             Self::BadGateway(_) => "bad_gateway",
             Self::Overloaded => "overloaded",
             Self::NotFresh { code, .. } => code,
+            Self::TooManyWatchers { .. } => "too_many_watchers",
+            Self::WatchUnavailable(_) => "watch_unavailable",
         }
     }
 
@@ -107,9 +115,11 @@ impl ResponseError for ApiError {
             | Self::ValueNotUtf8(_)
             | Self::ValueTooLarge { .. }
             | Self::ResponseTooLarge { .. } => StatusCode::CONFLICT,
-            Self::Unavailable(_) | Self::Overloaded | Self::NotFresh { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::Overloaded
+            | Self::NotFresh { .. }
+            | Self::TooManyWatchers { .. }
+            | Self::WatchUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -118,7 +128,11 @@ impl ResponseError for ApiError {
         let message = self.to_string();
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::Unavailable(_) | Self::Overloaded | Self::NotFresh { .. } => {
+            Self::Unavailable(_)
+            | Self::Overloaded
+            | Self::NotFresh { .. }
+            | Self::TooManyWatchers { .. }
+            | Self::WatchUnavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
             Self::MethodNotAllowed => {

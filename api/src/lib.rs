@@ -12,6 +12,8 @@
 //!   limits checked inside Redis, error kinds.
 //! - [`cache`]: answers kept in memory, shared by the workers, dropped when
 //!   Redis reports their key changed ([`cache::tracking`]).
+//! - [`watch`]: change streams (`/v1/watch`), fed by the same tracking
+//!   connection, each change read once for all its watchers.
 //! - [`replica`]: the background poll of `INFO` that decides readiness.
 //! - [`freshness`]: the data age and replication position that poll
 //!   publishes, for the headers of every answer and for position tokens.
@@ -33,3 +35,4 @@ pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod watch;

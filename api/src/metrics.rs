@@ -41,6 +41,10 @@ pub const ADMISSION_ADMITTED_TOTAL: &str = "read_api_admission_admitted_total";
 pub const ADMISSION_SHED_TOTAL: &str = "read_api_admission_shed_total";
 pub const ADMISSION_LIMIT: &str = "read_api_admission_limit";
 pub const ADMISSION_IN_FLIGHT: &str = "read_api_admission_in_flight";
+pub const WATCH_WATCHERS: &str = "read_api_watch_watchers";
+pub const WATCH_EVENTS_TOTAL: &str = "read_api_watch_events_total";
+pub const WATCH_RESYNCS_TOTAL: &str = "read_api_watch_resyncs_total";
+pub const WATCH_READS_TOTAL: &str = "read_api_watch_reads_total";
 pub const CONSISTENCY_REFUSALS_TOTAL: &str = "read_api_consistency_refusals_total";
 pub const POSITION_WAITS_TOTAL: &str = "read_api_position_waits_total";
 pub const POSITION_WAIT_SECONDS: &str = "read_api_position_wait_seconds";
@@ -74,6 +78,42 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     pub admission: AdmissionMetrics,
     pub consistency: ConsistencyMetrics,
+    pub watch: WatchMetrics,
+}
+
+/// The kinds of event a change stream sends (see `watch`), each exported from the start.
+pub const WATCH_EVENTS: [&str; 4] = ["snapshot", "resumed", "change", "shutdown"];
+/// Why a stream was sent every value again, each exported from the start at 0.
+pub const WATCH_RESYNC_REASONS: [&str; 8] = [
+    "unknown_id",
+    "keys_changed",
+    "history_gap",
+    "tracking_lost",
+    "redis_flush",
+    "invalidations_lost",
+    "redis_unavailable",
+    "lagged",
+];
+
+/// The change streams' gauge and counters (see `watch`).
+#[derive(Clone)]
+pub struct WatchMetrics {
+    pub watchers: IntGauge,
+    events: IntCounterVec,
+    resyncs: IntCounterVec,
+    pub reads: IntCounter,
+}
+
+impl WatchMetrics {
+    /// One event of a kind in [`WATCH_EVENTS`] written to a stream.
+    pub fn event(&self, kind: &str) {
+        self.events.with_label_values(&[kind]).inc();
+    }
+
+    /// One stream sent every value again, for a reason in [`WATCH_RESYNC_REASONS`].
+    pub fn resync(&self, reason: &str) {
+        self.resyncs.with_label_values(&[reason]).inc();
+    }
 }
 
 /// Why a read was refused for what the client asked of its freshness (see
@@ -269,9 +309,41 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
+        let events = IntCounterVec::new(
+            Opts::new(
+                WATCH_EVENTS_TOTAL,
+                "Events written to change streams (/v1/watch), by event; heartbeats not counted.",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        for event in WATCH_EVENTS {
+            events.with_label_values(&[event]);
+        }
+        let resyncs = IntCounterVec::new(
+            Opts::new(
+                WATCH_RESYNCS_TOTAL,
+                "Snapshots sent to a change stream that was not just starting: every value again, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in WATCH_RESYNC_REASONS {
+            resyncs.with_label_values(&[reason]);
+        }
+        let watch = WatchMetrics {
+            watchers: gauge(WATCH_WATCHERS, "Change streams (/v1/watch) open."),
+            events,
+            resyncs,
+            reads: counter(
+                WATCH_READS_TOTAL,
+                "Reads of watched keys by the change streams' hub: one per change (or load) of a key, shared by all its watchers.",
+            ),
+        };
         let metrics = Self {
             cache,
             admission,
+            watch,
             consistency,
             http_requests,
             http_duration,
@@ -335,6 +407,10 @@ impl Metrics {
             Box::new(metrics.admission.admitted.clone()),
             Box::new(metrics.admission.shed_vec.clone()),
             Box::new(metrics.admission.limit.clone()),
+            Box::new(metrics.watch.watchers.clone()),
+            Box::new(metrics.watch.events.clone()),
+            Box::new(metrics.watch.resyncs.clone()),
+            Box::new(metrics.watch.reads.clone()),
             Box::new(metrics.admission.in_flight.clone()),
             Box::new(metrics.consistency.refusals_vec.clone()),
             Box::new(metrics.consistency.waits.clone()),

@@ -23,6 +23,7 @@ use crate::{
     replica::{self, MonitorSettings, Readiness},
     routes::{self, Limits, PublicState},
     store::StoreConfig,
+    watch::{self, WatchHub},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,7 @@ pub struct Application {
     monitor: JoinHandle<()>,
     tracking: Option<JoinHandle<()>>,
     cache: Option<Arc<ValueCache>>,
+    watch: Option<Arc<WatchHub>>,
     shutdown_delay: Duration,
     shutdown_grace: Duration,
 }
@@ -64,6 +66,13 @@ impl Application {
                 settings.cache_max_value_bytes,
                 &settings.key_prefix,
                 metrics.cache.clone(),
+            ))
+        });
+        let watch_hub = (settings.watch.max_watchers > 0).then(|| {
+            Arc::new(WatchHub::new(
+                settings.watch,
+                &settings.key_prefix,
+                metrics.watch.clone(),
             ))
         });
 
@@ -91,6 +100,7 @@ impl Application {
             let readiness = readiness.clone();
             let value_cache = value_cache.clone();
             let freshness = freshness.clone();
+            let watch_hub = watch_hub.clone();
             HttpServer::new(move || {
                 // Runs once per worker, on the worker's thread: see StoreConfig::connect.
                 let state = PublicState {
@@ -99,6 +109,7 @@ impl Application {
                     cache_control: cache_control.clone(),
                     cache: value_cache.clone(),
                     freshness: freshness.clone(),
+                    watch: watch_hub.clone(),
                 };
                 let readiness = readiness.clone();
                 App::new()
@@ -151,10 +162,20 @@ impl Application {
             value_cache.clone(),
             store_config.worker_pools(),
         ));
-        let tracking = value_cache.clone().map(|value_cache| {
+        // The hub reads on one connection of its own: reads of a key are
+        // answered in the order they were sent (see watch). It ends when the
+        // pod drains.
+        if let Some(hub) = &watch_hub {
+            tokio::spawn(watch::run(hub.clone(), store_config.connect_with(1)));
+        }
+        let listeners = cache::tracking::Listeners {
+            cache: value_cache.clone(),
+            watch: watch_hub.clone(),
+        };
+        let tracking = (listeners.cache.is_some() || listeners.watch.is_some()).then(|| {
             tokio::spawn(cache::tracking::run(
                 store_config.clone(),
-                value_cache,
+                listeners,
                 settings.key_prefix.clone(),
             ))
         });
@@ -167,6 +188,7 @@ impl Application {
             monitor,
             tracking,
             cache: value_cache,
+            watch: watch_hub,
             shutdown_delay: settings.shutdown_delay,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -276,6 +298,12 @@ impl Application {
             }
         }
         tracing::info!("no longer accepting connections; draining");
+        // Change streams never finish on their own: each gets a `shutdown`
+        // event and ends now, so that the graceful stop below is not spent
+        // waiting for them, and their clients reconnect to a pod in rotation.
+        if let Some(hub) = &self.watch {
+            hub.shut_down();
+        }
         let admin_runs = failed != Some(Task::AdminListener);
         public_handle.stop(true).await;
         if admin_runs {

@@ -1,5 +1,6 @@
 //! The tracking connection: Redis tells it which keys changed, and the value
-//! cache serves only while it is up.
+//! cache serves only while it is up. The change streams ([`crate::watch`])
+//! hear from the same connection; with the cache off it runs for them alone.
 //!
 //! **BCAST** tracking (`CLIENT TRACKING ON BCAST PREFIX <KEY_PREFIX>`): Redis
 //! reports every change of a key under the prefix, whoever read it. The
@@ -39,6 +40,7 @@ use crate::{
     error::{error_chain, task_end},
     fault,
     store::StoreConfig,
+    watch::WatchHub,
 };
 
 /// The connection's name in `CLIENT LIST`, to find it (and kill it, in tests).
@@ -46,6 +48,51 @@ pub const CLIENT_NAME: &str = "read-api-tracking";
 const CHANNEL: &str = "__redis__:invalidate";
 /// A dead connection that sent no FIN is noticed within this plus `REDIS_TIMEOUT_MS`.
 const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Who hears from the tracking connection: the value cache, the change streams, or both.
+#[derive(Clone, Default)]
+pub struct Listeners {
+    pub cache: Option<Arc<ValueCache>>,
+    pub watch: Option<Arc<WatchHub>>,
+}
+
+impl Listeners {
+    fn start(&self) {
+        if let Some(cache) = &self.cache {
+            cache.start_serving();
+        }
+        if let Some(watch) = &self.watch {
+            watch.tracking_up();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(cache) = self.cache.as_deref().filter(|c| c.is_serving()) {
+            cache.stop_serving();
+        }
+        if let Some(watch) = &self.watch {
+            watch.tracking_down();
+        }
+    }
+
+    fn invalidate(&self, keys: &[fred::types::Key]) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(keys.iter().map(|k| k.as_bytes()));
+        }
+        if let Some(watch) = &self.watch {
+            watch.invalidated(keys.iter().map(|k| k.as_bytes()));
+        }
+    }
+
+    fn flush(&self, reason: &'static str) {
+        if let Some(cache) = &self.cache {
+            cache.flush(reason);
+        }
+        if let Some(watch) = &self.watch {
+            watch.flushed(reason);
+        }
+    }
+}
 
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -55,17 +102,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Keeps a tracking connection up until the process ends, feeding `cache`.
+/// Keeps a tracking connection up until the process ends, feeding `listeners`.
 ///
 /// This is the supervisor of the sessions: each runs as a task of its own, so
 /// that one that panics ends like one whose connection closed (the cache off
 /// at once, then a new session after the backoff), instead of taking the
 /// invalidations down for good while the cache keeps serving.
-pub async fn run(store: StoreConfig, cache: Arc<ValueCache>, prefix: String) {
+pub async fn run(store: StoreConfig, listeners: Listeners, prefix: String) {
     let mut backoff = Duration::from_millis(50);
     let mut last_problem = String::new();
     loop {
-        let session = tokio::spawn(session(store.clone(), cache.clone(), prefix.clone()));
+        let session = tokio::spawn(session(store.clone(), listeners.clone(), prefix.clone()));
         // Aborting this task (at shutdown) must end the session too.
         let _abort_session = AbortOnDrop(session.abort_handle());
         let problem = match session.await {
@@ -83,7 +130,7 @@ pub async fn run(store: StoreConfig, cache: Arc<ValueCache>, prefix: String) {
         // Said once per distinct problem: a Redis that refuses CLIENT
         // TRACKING (an ACL without it) would otherwise log every retry.
         if problem != last_problem {
-            tracing::warn!(problem = %problem, "value cache off until the tracking connection is back");
+            tracing::warn!(problem = %problem, "value cache off and change streams paused until the tracking connection is back");
             last_problem = problem;
         }
         tokio::time::sleep(backoff).await;
@@ -91,22 +138,21 @@ pub async fn run(store: StoreConfig, cache: Arc<ValueCache>, prefix: String) {
     }
 }
 
-/// Stops the cache serving when a session ends, however it ends: unwinding
-/// from a panic included, before anything else runs.
-struct StopServingOnDrop<'a>(&'a ValueCache);
+/// Stops the cache serving (and tells the change streams) when a session
+/// ends, however it ends: unwinding from a panic included, before anything
+/// else runs.
+struct StopServingOnDrop<'a>(&'a Listeners);
 
 impl Drop for StopServingOnDrop<'_> {
     fn drop(&mut self) {
-        if self.0.is_serving() {
-            self.0.stop_serving();
-        }
+        self.0.stop();
     }
 }
 
 /// One connection, from connecting to its end; `Ok` says why it ended.
 async fn session(
     store: StoreConfig,
-    cache: Arc<ValueCache>,
+    listeners: Listeners,
     prefix: String,
 ) -> Result<String, fred::error::Error> {
     let client = store.tracking_client();
@@ -116,7 +162,7 @@ async fn session(
     // A panic skips the cleanup at the end: these still close the connection
     // (which ends its tracking in Redis) and turn the cache off.
     let _close = AbortOnDrop(connection.abort_handle());
-    let stop_serving = StopServingOnDrop(&cache);
+    let stop_serving = StopServingOnDrop(&listeners);
     let result = async {
         tokio::time::timeout(
             store.timeout().max(Duration::from_secs(1)),
@@ -147,8 +193,8 @@ async fn session(
         // Redis sends the redirected messages only once this connection is
         // subscribed: from the SUBSCRIBE's answer on, every write is reported.
         client.subscribe(CHANNEL).await?;
-        cache.start_serving();
-        tracing::info!("value cache serving: tracking connection up");
+        listeners.start();
+        tracing::info!("tracking connection up: value cache serving, change streams following");
         // Pinged beside the loop, so that a slow answer never holds up invalidations.
         let mut pinger = tokio::spawn({
             let client = client.clone();
@@ -168,9 +214,9 @@ async fn session(
                 () = &mut fault => panic!("injected fault in the tracking session"),
                 message = invalidations.recv() => match message {
                     // A null key list: Redis dropped everything.
-                    Ok(invalidation) if invalidation.keys.is_empty() => cache.flush("redis_flush"),
-                    Ok(invalidation) => cache.invalidate(invalidation.keys.iter().map(|k| k.as_bytes())),
-                    Err(RecvError::Lagged(_)) => cache.flush("invalidations_lost"),
+                    Ok(invalidation) if invalidation.keys.is_empty() => listeners.flush("redis_flush"),
+                    Ok(invalidation) => listeners.invalidate(&invalidation.keys),
+                    Err(RecvError::Lagged(_)) => listeners.flush("invalidations_lost"),
                     Err(RecvError::Closed) => return Ok("the invalidation channel closed".to_owned()),
                 },
                 ended = &mut connection => {

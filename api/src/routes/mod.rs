@@ -5,6 +5,7 @@ pub mod consistency;
 mod keys;
 mod observe;
 mod request_id;
+mod watch;
 
 use actix_web::{
     body::BoxBody,
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use crate::{
     cache::ValueCache, error::ApiError, freshness::Freshness, metrics::Metrics, store::Store,
+    watch::WatchHub,
 };
 
 /// Input limits from the configuration.
@@ -41,9 +43,12 @@ pub struct PublicState {
     pub cache: Option<Arc<ValueCache>>,
     /// The data age and replication position every answer carries.
     pub freshness: Arc<Freshness>,
+    /// The change streams' hub; `None` when `WATCH_MAX_WATCHERS` is 0.
+    pub watch: Option<Arc<WatchHub>>,
 }
 
-/// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD) with request metrics on each.
+/// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD), and `/v1/watch`
+/// (GET), with request metrics on each.
 pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
     let one = metrics.route(keys::ONE_KEY_ROUTE);
     let batch = metrics.route("/v1/keys");
@@ -60,7 +65,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
             })
         }
     };
+    let watch = metrics.route(watch::ROUTE);
     cfg.app_data(web::Data::new(state))
+        .service(
+            web::resource(watch::ROUTE)
+                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
+                    observe::observe(watch.clone(), req, next)
+                }))
+                .route(web::get().to(watch::watch))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             web::resource("/v1/keys")
                 // Inside the metrics: a refusal counts as the route's 503.

@@ -19,3 +19,4 @@ mod readme;
 mod supervision;
 mod topology;
 mod value_cache;
+mod watch;

@@ -84,6 +84,10 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
         "ADMISSION_MIN_IN_FLIGHT" => settings.admission.min_in_flight.to_string(),
         "ADMISSION_QUEUE_MS" => millis(settings.admission.queue),
         "POSITION_MAX_WAIT_MS" => millis(settings.position_max_wait),
+        "WATCH_MAX_WATCHERS" => settings.watch.max_watchers.to_string(),
+        "WATCH_MAX_KEYS" => settings.watch.max_keys.to_string(),
+        "WATCH_HEARTBEAT_SECONDS" => seconds(settings.watch.heartbeat),
+        "WATCH_HISTORY" => settings.watch.history.to_string(),
         other => panic!(
             "docs/configuration.md documents {other}, which this test does not know: add it here"
         ),
