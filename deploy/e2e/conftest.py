@@ -82,17 +82,7 @@ def master(kit_network, passwords):
 def pods(master):
     """deploy/overlays/sidecar with the redis-exporter component (deploy/e2e/sidecar)
     played as read-api-0..2, each ready."""
-    kit.play(
-        "sidecar",
-        "e2e/sidecar",
-        "--publish",
-        f"http={kit.API_PORT}",
-        "--publish",
-        f"admin={kit.ADMIN_PORT}",
-        "--publish",
-        f"redis-metrics={kit.EXPORTER_PORT}",
-    )
-    pods = [kit.sidecar_pod(i) for i in range(kit.PODS)]
+    pods = kit.play_sidecar_pods()
     try:
         for pod in pods:
             kit.wait_for(f"{pod.name} to be ready", lambda pod=pod: pod.ready()[0] == 200, 120, every=0.25)
@@ -106,14 +96,12 @@ def pods(master):
 @pytest.fixture(scope="session")
 def prometheus(pods):
     """A real Prometheus (monitoring.py) scraping the sidecar pods and the master, with the kit's rules."""
-    exporters = {pod.name: kit.EXPORTER_PORT + i for i, pod in enumerate(pods)}
-    limits = monitoring.PodLimits([pod.name for pod in pods])
+    limits = monitoring.PodLimits([])
     limits.start()
-    targets = monitoring.targets(pods, exporters, kit.MASTER_EXPORTER_PORT)
-    server = monitoring.Prometheus(kit.WORK / "prometheus", targets, limits)
+    server = monitoring.Prometheus(kit.WORK / "prometheus", monitoring.sidecar_targets(pods), limits)
     try:
         server.wait_ready()
-        kit.wait_for("every Prometheus target up", lambda: set(server.targets_up().values()) == {"up"}, 30, every=0.5)
+        server.wait_watched(deadline=30)
         yield server
     finally:
         server.stop()
