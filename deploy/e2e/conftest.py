@@ -5,6 +5,7 @@ printed as a table after the run."""
 
 import os
 import secrets
+import time
 
 import pytest
 
@@ -13,12 +14,25 @@ from deploy.e2e import kit, monitoring
 SCALE = kit.REPO / "deploy/e2e/scale"
 
 
+# The test that needs a minute without any API pod (ReadApiNoPodReady's `for:`).
+NO_POD_READY = "test_no_pod_ready_fires_when_every_api_pod_is_gone"
+
+
+def run_order(item):
+    """The modules that do not use the sidecar pods first (the pods are deleted meanwhile, see
+    _api_pods_deleted_early), then the no-pod-ready test, which plays them again, then the
+    sidecar module, and the other live monitoring checks last: their panels and silent alerts
+    cover the whole run."""
+    if item.originalname == NO_POD_READY:
+        return 1
+    return {"test_sidecar.py": 2, "test_monitoring_live.py": 3}.get(item.path.name, 0)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if kit.E2E in item.path.parents:
             item.add_marker(pytest.mark.podman)
-    # The live monitoring checks last: their panels and silent alerts cover the whole run.
-    items.sort(key=lambda item: item.path.name == "test_monitoring_live.py")
+    items.sort(key=run_order)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -106,6 +120,28 @@ def prometheus(pods):
     finally:
         server.stop()
         limits.stop()
+
+
+@pytest.fixture(scope="session")
+def api_pods_deleted(prometheus, pods):
+    """Every sidecar API pod deleted, and its targets taken out of Prometheus's discovery, as a
+    cluster's vanish with their pods: when, and the targets to watch again once they are back."""
+    everything = list(prometheus.watched)
+    names = {pod.name for pod in pods}
+    prometheus.watch([t for t in everything if t.pod not in names])
+    started = time.time()
+    kit.remove_pods(*names)
+    prometheus.wait_watched(up=False)
+    return {"started": started, "targets": everything}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_pods_deleted_early(request):
+    """The no-pod-ready test waits a minute (the alert's `for:`) with no API pod: the pods are
+    deleted at the first test, so that the modules which do not use them (relay, node-local,
+    central, bad certificate, preflight) run during that minute instead of after it."""
+    if any(getattr(item, "originalname", None) == NO_POD_READY for item in request.session.items):
+        request.getfixturevalue("api_pods_deleted")
 
 
 @pytest.fixture

@@ -52,30 +52,27 @@ def test_a_replica_restart_shows_as_5xx_and_redis_errors(prometheus, pods, summa
     summary(f"{pod.name}'s replica stopped: answers {statuses}; Prometheus scraped the 5xx and Redis errors ({kinds})")
 
 
-def test_no_pod_ready_fires_when_every_api_pod_is_gone(prometheus, pods, summary):
-    """Every API pod deleted: their targets vanish from Prometheus (as a deleted pod's do from its
-    discovery), no read_api_ready is left to be 0, and the absent() branch of ReadApiNoPodReady
-    fires. Then the pods are played again, are scraped again, and it resolves."""
-    alerts = prometheus.alerts
-    everything = list(prometheus.watched)
-    prometheus.watch([t for t in everything if t.pod not in {p.name for p in pods}])
-    started = time.time()
+def test_no_pod_ready_fires_when_every_api_pod_is_gone(prometheus, pods, api_pods_deleted, summary):
+    """Every API pod deleted (conftest's api_pods_deleted, at the first test of the run): their
+    targets vanish from Prometheus, as a deleted pod's do from its discovery, no read_api_ready
+    is left to be 0, and the absent() branch of ReadApiNoPodReady fires. Then the pods are
+    played again, are scraped again, and it resolves. Runs before the sidecar module, which
+    reads through the pods."""
+    alerts, started = prometheus.alerts, api_pods_deleted["started"]
 
     def episodes():
         return alerts.since(started, "ReadApiNoPodReady")
 
-    kit.remove_pods(*(f"{pod.name}" for pod in pods))
     try:
-        prometheus.wait_watched(up=False)
         alerts.wait("ReadApiNoPodReady to fire", lambda: any(e["firing"] for e in episodes()), 150)
-        # The targets are gone, not down: no up series is left to be 0, and it is the absent()
+        # The targets are gone, not down: no up series is left for them, and it is the absent()
         # branch that fires, not a sum of zeros.
         assert not prometheus.query(f'up{{job="{prometheus.jobs["api"]}"}}'), "an API target is still scraped"
         assert prometheus.query(f"absent(read_api_ready{{{selector(prometheus)}}})"), "read_api_ready is still there"
         assert not any(e["resolved"] for e in episodes()), f"resolved with every pod gone: {episodes()}"
     finally:
         kit.play_sidecar_pods()
-        prometheus.watch(everything)
+        prometheus.watch(api_pods_deleted["targets"])
         for pod in pods:
             kit.wait_for(f"{pod.name} ready again", lambda pod=pod: pod.ready()[0] == 200, 120, every=0.25)
     back = time.time()
