@@ -97,6 +97,9 @@ def ready(pod):
 
 
 EXPORTERS = {}  # pod name -> the host port its replica's redis_exporter is published on
+# Pods made to resync in full with their data in place: the load holds a second copy beside the
+# first (repl-diskless-load swapdb), which may take the replica past ReadApiReplicaMemoryHigh's 40 %.
+RESYNCED = set()
 
 
 def watch(prometheus, pods):
@@ -241,6 +244,7 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
 
     # A full sync held before the snapshot (the master waits repl-diskless-sync-delay for more
     # replicas before it forks), then loaded slowly (key-load-delay, µs per key): probes run in both.
+    RESYNCED.add(pod.name)
     replica_cli(pod, "CONFIG", "SET", "key-load-delay", "100")
     master.config_set("repl-diskless-sync-delay", 8)
     replica_cli(pod, "REPLICAOF", "NO", "ONE")
@@ -355,9 +359,19 @@ def test_no_container_was_killed_or_restarted(cold_start):
 
 # The alerts a scale run must not raise: its scenarios restart, resync and replace replicas on
 # purpose, which may set a sync alert pending for a while, never firing; the memory alerts are
-# what make size's limits are for, so not even pending.
+# what make size's limits are for, so not even pending, but for MemoryHigh on a replica the probe
+# contract made load a second copy beside its data (RESYNCED), which make size's limit holds.
 SYNC_ALERTS = ("ReadApiReplicaLinkDown", "ReadApiReplicaNeverSynced", "ReadApiReplicaStale", "ReadApiHeartbeatMissing")
 MEMORY_ALERTS = ("ReadApiReplicaMemoryHigh", "ReadApiReplicaMemoryCritical")
+
+
+def too_loud(episode):
+    name, pod = episode["name"], episode["labels"].get("pod")
+    if name in SYNC_ALERTS:
+        return bool(episode["firing"])
+    if name == "ReadApiReplicaMemoryHigh" and pod in RESYNCED:
+        return bool(episode["firing"]) or episode["resolved"] is None
+    return name in MEMORY_ALERTS
 
 
 def test_sync_and_memory_alerts_stayed_silent(cold_start, prometheus, summary):
@@ -372,7 +386,7 @@ def test_sync_and_memory_alerts_stayed_silent(cold_start, prometheus, summary):
     span = time.time() - prometheus.started
     peak = prometheus.query(f"max(max_over_time(({ratio})[{span:.0f}s:{monitoring.SCRAPE_SECONDS}s]))")
     episodes = prometheus.alerts.since(prometheus.started)
-    loud = [e for e in episodes if e["name"] in MEMORY_ALERTS or (e["name"] in SYNC_ALERTS and e["firing"])]
+    loud = [e for e in episodes if too_loud(e)]
     rows = monitoring.timeline_rows("make scale", prometheus.started, episodes)
     seen = {row[1] for row in rows}
     rows += [["make scale", name, "0", "-", "-", "-"] for name in SYNC_ALERTS + MEMORY_ALERTS if name not in seen]
@@ -381,9 +395,9 @@ def test_sync_and_memory_alerts_stayed_silent(cold_start, prometheus, summary):
         f"{e['name']} {e['labels'].get('pod')}: {e}" for e in loud
     )
     assert prometheus.alerts.errors < 10, f"{prometheus.alerts.errors} polls of /api/v1/alerts failed"
-    pending = sorted({e["name"] for e in episodes if e["name"] in SYNC_ALERTS})
+    pending = sorted({e["name"] for e in episodes if e["name"] in SYNC_ALERTS + MEMORY_ALERTS})
     summary(
-        f"Prometheus watched {span:.0f} s: no sync alert fired ({', '.join(pending) or 'none'} pending while replicas "
-        f"resynced), no memory alert pending; replica memory at most {float(peak[0]['value'][1]):.1%} of its limit "
-        f"({len(now)} replicas); every alert in the Alerts table"
+        f"Prometheus watched {span:.0f} s: no sync or memory alert fired, none pending but "
+        f"{', '.join(pending) or 'none'} while replicas resynced; replica memory at most "
+        f"{float(peak[0]['value'][1]):.1%} of its limit ({len(now)} replicas); every alert in the Alerts table"
     )
