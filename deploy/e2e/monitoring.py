@@ -111,13 +111,13 @@ class PodLimits(threading.Thread):
     def read(self) -> str:
         """Two podman calls whatever the number of pods: their containers, then every limit."""
         lines = ["# TYPE kube_pod_container_resource_limits gauge"]
-        listed = subprocess.run(
-            ["podman", "ps", "--format", "{{.Names}} {{.PodName}}"], capture_output=True, text=True
-        ).stdout.splitlines()
+        listed = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
         containers = {}  # podman's name -> (pod, the manifests' container name)
-        for line in listed:
-            name, _, pod = line.partition(" ")
-            if pod in self.pods and name.startswith(f"{pod}-"):  # not the pod's infra container
+        for name in listed.split():
+            # podman names a pod's containers POD-CONTAINER (its infra container matches no pod)
+            pods = [pod for pod in self.pods if name.startswith(f"{pod}-")]
+            if pods:
+                pod = max(pods, key=len)
                 containers[name] = (pod, name.removeprefix(f"{pod}-"))
         if not containers:
             return "\n".join(lines) + "\n"
