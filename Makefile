@@ -88,15 +88,16 @@ test-fast: lint test-deps ## No containers: lint, manifests, Rust unit and in-pr
 	@$(MAKE) -j4 --output-sync=target test-manifests test-rust test-loadtest
 
 .PHONY: test-e2e
-test-e2e: e2e-images ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
-	@$(MAKE) -j2 e2e-compiles e2e-waiting E2E_IMAGES=
+test-e2e: ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
+	@$(MAKE) -j2 e2e-compiles e2e-waiting
 	@$(MAKE) test-replay test-ladders E2E_IMAGES=
 
 # The e2e and the small scale run mostly wait (on the alerts' `for:`, on syncs and
-# restarts), so the compiles the load tests need (oha, the release binary) run
-# beside them, at the lowest CPU priority so that the pods keep theirs. After
-# e2e-images, whose static build would otherwise queue behind the release one
-# for cargo's lock on target/. Their output goes to a log, shown if they fail.
+# restarts), so the compiles the load tests need run beside them, at the lowest
+# CPU priority so that the pods keep theirs: oha from the start (its own build
+# directory), then the release binary, by when the images' static build, which
+# takes cargo's lock on target/ first, is long done. Their output goes to a log,
+# shown if they fail.
 COMPILES_LOG = target/e2e-compiles.log
 
 .PHONY: e2e-compiles
@@ -106,9 +107,9 @@ e2e-compiles:
 	@nice -n 19 $(MAKE) -j1 oha build >$(COMPILES_LOG) 2>&1 || { cat $(COMPILES_LOG); exit 1; }
 
 .PHONY: e2e-waiting
-e2e-waiting:
-	@$(MAKE) e2e
-	@$(MAKE) test-scale
+e2e-waiting: e2e-images
+	@$(MAKE) e2e E2E_IMAGES=
+	@$(MAKE) test-scale E2E_IMAGES=
 
 .PHONY: test-rust
 test-rust: deps ## Unit and integration tests of the API and the local topology.
