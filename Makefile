@@ -89,27 +89,35 @@ test-fast: lint test-deps ## No containers: lint, manifests, Rust unit and in-pr
 
 .PHONY: test-e2e
 test-e2e: ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
-	@$(MAKE) -j2 e2e-compiles e2e-waiting
+	@$(MAKE) -j2 e2e-oha e2e-waiting
 	@$(MAKE) test-replay test-ladders E2E_IMAGES=
 
 # The e2e and the small scale run mostly wait (on the alerts' `for:`, on syncs and
 # restarts), so the compiles the load tests need run beside them, at the lowest
-# CPU priority so that the pods keep theirs: oha from the start (its own build
-# directory), then the release binary, by when the images' static build, which
-# takes cargo's lock on target/ first, is long done. Their output goes to a log,
-# shown if they fail.
-COMPILES_LOG = target/e2e-compiles.log
+# CPU priority so that the pods keep theirs: oha from the start (a build
+# directory of its own), the release binary once the images' static build is
+# done (both take cargo's lock on target/). Their output goes to logs, shown if
+# they fail.
+BESIDE = nice -n 19 $(MAKE) -j1
 
-.PHONY: e2e-compiles
-e2e-compiles:
+.PHONY: e2e-oha
+e2e-oha:
 	@mkdir -p target
-	@echo "test-e2e: oha and the release build compile beside the e2e (log: $(COMPILES_LOG))"
-	@nice -n 19 $(MAKE) -j1 oha build >$(COMPILES_LOG) 2>&1 || { cat $(COMPILES_LOG); exit 1; }
+	@$(BESIDE) oha >target/e2e-oha.log 2>&1 || { cat target/e2e-oha.log; exit 1; }
+
+.PHONY: e2e-release
+e2e-release:
+	@$(BESIDE) build >target/e2e-release.log 2>&1 || { cat target/e2e-release.log; exit 1; }
 
 .PHONY: e2e-waiting
 e2e-waiting: e2e-images
-	@$(MAKE) e2e E2E_IMAGES=
-	@$(MAKE) test-scale E2E_IMAGES=
+	@echo "test-e2e: oha and the release build compile beside the e2e (target/e2e-oha.log, target/e2e-release.log)"
+	@$(MAKE) -j2 e2e-release e2e-pods E2E_IMAGES=
+
+.PHONY: e2e-pods
+e2e-pods:
+	@$(MAKE) e2e
+	@$(MAKE) test-scale
 
 .PHONY: test-rust
 test-rust: deps ## Unit and integration tests of the API and the local topology.
