@@ -5,6 +5,7 @@ printed as a table after the run."""
 
 import os
 import secrets
+import time
 
 import pytest
 
@@ -13,12 +14,25 @@ from deploy.e2e import kit, monitoring
 SCALE = kit.REPO / "deploy/e2e/scale"
 
 
+# The test that needs a minute without any API pod (ReadApiNoPodReady's `for:`).
+NO_POD_READY = "test_no_pod_ready_fires_when_every_api_pod_is_gone"
+
+
+def run_order(item):
+    """The modules that do not use the sidecar pods first (the pods are deleted meanwhile, see
+    _api_pods_deleted_early), then the no-pod-ready test, which plays them again, then the
+    sidecar module, and the other live monitoring checks last: their panels and silent alerts
+    cover the whole run."""
+    if item.originalname == NO_POD_READY:
+        return 1
+    return {"test_sidecar.py": 2, "test_monitoring_live.py": 3}.get(item.path.name, 0)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if kit.E2E in item.path.parents:
             item.add_marker(pytest.mark.podman)
-    # The live monitoring checks last: their panels and silent alerts cover the whole run.
-    items.sort(key=lambda item: item.path.name == "test_monitoring_live.py")
+    items.sort(key=run_order)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,17 +96,7 @@ def master(kit_network, passwords):
 def pods(master):
     """deploy/overlays/sidecar with the redis-exporter component (deploy/e2e/sidecar)
     played as read-api-0..2, each ready."""
-    kit.play(
-        "sidecar",
-        "e2e/sidecar",
-        "--publish",
-        f"http={kit.API_PORT}",
-        "--publish",
-        f"admin={kit.ADMIN_PORT}",
-        "--publish",
-        f"redis-metrics={kit.EXPORTER_PORT}",
-    )
-    pods = [kit.sidecar_pod(i) for i in range(kit.PODS)]
+    pods = kit.play_sidecar_pods()
     try:
         for pod in pods:
             kit.wait_for(f"{pod.name} to be ready", lambda pod=pod: pod.ready()[0] == 200, 120, every=0.25)
@@ -106,18 +110,38 @@ def pods(master):
 @pytest.fixture(scope="session")
 def prometheus(pods):
     """A real Prometheus (monitoring.py) scraping the sidecar pods and the master, with the kit's rules."""
-    exporters = {pod.name: kit.EXPORTER_PORT + i for i, pod in enumerate(pods)}
-    limits = monitoring.PodLimits([pod.name for pod in pods])
+    limits = monitoring.PodLimits([])
     limits.start()
-    targets = monitoring.targets(pods, exporters, kit.MASTER_EXPORTER_PORT)
-    server = monitoring.Prometheus(kit.WORK / "prometheus", targets, limits)
+    server = monitoring.Prometheus(kit.WORK / "prometheus", monitoring.sidecar_targets(pods), limits)
     try:
         server.wait_ready()
-        kit.wait_for("every Prometheus target up", lambda: set(server.targets_up().values()) == {"up"}, 30, every=0.5)
+        server.wait_watched(deadline=30)
         yield server
     finally:
         server.stop()
         limits.stop()
+
+
+@pytest.fixture(scope="session")
+def api_pods_deleted(prometheus, pods):
+    """Every sidecar API pod deleted, and its targets taken out of Prometheus's discovery, as a
+    cluster's vanish with their pods: when, and the targets to watch again once they are back."""
+    everything = list(prometheus.watched)
+    names = {pod.name for pod in pods}
+    prometheus.watch([t for t in everything if t.pod not in names])
+    started = time.time()
+    kit.remove_pods(*names)
+    prometheus.wait_watched(up=False)
+    return {"started": started, "targets": everything}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_pods_deleted_early(request):
+    """The no-pod-ready test waits a minute (the alert's `for:`) with no API pod: the pods are
+    deleted at the first test, so that the modules which do not use them (relay, node-local,
+    central, bad certificate, preflight) run during that minute instead of after it."""
+    if any(getattr(item, "originalname", None) == NO_POD_READY for item in request.session.items):
+        request.getfixturevalue("api_pods_deleted")
 
 
 @pytest.fixture

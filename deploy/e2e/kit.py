@@ -172,6 +172,17 @@ def sidecar_pod(index):
     return Api(f"read-api-{index}", API_PORT + index, ADMIN_PORT + index)
 
 
+def play_sidecar_pods():
+    """deploy/e2e/sidecar (the sidecar overlay with the redis-exporter component) as
+    read-api-0..PODS-1: read-api-N publishes API_PORT+N, ADMIN_PORT+N and EXPORTER_PORT+N."""
+    play(
+        "sidecar", "e2e/sidecar",
+        "--publish", f"http={API_PORT}", "--publish", f"admin={ADMIN_PORT}",
+        "--publish", f"redis-metrics={EXPORTER_PORT}",
+    )  # fmt: skip
+    return [sidecar_pod(i) for i in range(PODS)]
+
+
 def master_client(password):
     """A client of the master's published TLS port, verifying its certificate."""
     return redis.Redis(
@@ -389,15 +400,22 @@ def pod_volumes(prefixes):
 
 
 def remove_pods(*prefixes):
-    """Removes the pods whose names start with one of PREFIXES, and their volumes."""
-    for name in pod_names(prefixes):
-        podman("pod", "rm", "-f", "-t", "5", name, check=False)
+    """Removes the pods whose names start with one of PREFIXES, and their volumes: what is done
+    with, so at once (no grace: the API's drain would take its SHUTDOWN_DELAY for nobody), and
+    in one podman call, which removes them side by side."""
+    names = pod_names(prefixes)
+    if names and podman("pod", "rm", "-f", "-t", "0", *names, check=False).returncode != 0:
+        for name in pod_names(prefixes):  # podman 4.3's "container state improper": one by one
+            podman("pod", "rm", "-f", "-t", "0", name, check=False)
     remove_volumes(pod_volumes(prefixes))
 
 
 def remove_volumes(prefixes):
-    for volume in podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split():
-        if volume.startswith(prefixes):
+    volumes = [
+        v for v in podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split() if v.startswith(prefixes)
+    ]
+    if volumes and podman("volume", "rm", "-f", *volumes, check=False).returncode != 0:
+        for volume in volumes:
             podman("volume", "rm", "-f", volume, check=False)
 
 

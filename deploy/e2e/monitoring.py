@@ -5,6 +5,10 @@ would give them, with the job and namespace names of
 deploy/monitoring/config.yaml, so the rules' and the dashboard's selectors
 match as they would on a cluster.
 
+The targets come from files (file_sd_configs), as a cluster's come from its pods: watch()
+rewrites them, and a pod taken out of them vanishes from Prometheus as a deleted pod does,
+where a stopped one would only turn its target down.
+
 kube-state-metrics has no podman equivalent: PodLimits serves its two series
 the memory alerts read, kube_pod_container_resource_limits, from the limits
 podman enforces on each container (`podman inspect`), labelled as
@@ -13,6 +17,7 @@ kube-state-metrics labels them.
 
 import http.server
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +29,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+from deploy.e2e import kit
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy/monitoring/read-api.rules.yaml"
@@ -45,6 +52,20 @@ def monitoring_config() -> dict:
     return yaml.safe_load(CONFIG.read_text())
 
 
+def rules() -> list[dict]:
+    """Every alert of the kit's rule file."""
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def rule(alert: str) -> dict:
+    return next(r for r in rules() if r["alert"] == alert)
+
+
+def compared(expr: str) -> str:
+    """An alert's expression without its final `> threshold`: the value it compares."""
+    return re.sub(r"\s*>\s*[0-9.]+\s*$", "", expr.strip())
+
+
 class Target:
     """One scrape target: a published port and the labels the Operator would add."""
 
@@ -63,6 +84,13 @@ def targets(pods: list, exporter_ports: dict[str, int], master_exporter_port: in
     return found
 
 
+def sidecar_targets(pods: list, master_exporter: bool = True) -> list[Target]:
+    """The e2e's sidecar pods (kit.play_sidecar_pods), read-api-N with its exporter on
+    EXPORTER_PORT+N, and the master's exporter."""
+    exporters = {pod.name: kit.EXPORTER_PORT + int(pod.name.rsplit("-", 1)[1]) for pod in pods}
+    return targets(pods, exporters, kit.MASTER_EXPORTER_PORT if master_exporter else None)
+
+
 class PodLimits(threading.Thread):
     """kube-state-metrics' memory limits of PODS' containers, as podman enforces them."""
 
@@ -72,7 +100,7 @@ class PodLimits(threading.Thread):
 
     def __init__(self, pods: list[str]):
         super().__init__(daemon=True)
-        self.pods = pods
+        self.pods = list(pods)
         self.namespace = monitoring_config()["namespace"]
         self.body = self.read().encode()
         self.stopped = threading.Event()
@@ -81,25 +109,31 @@ class PodLimits(threading.Thread):
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def read(self) -> str:
+        """Two podman calls whatever the number of pods: their containers, then every limit."""
         lines = ["# TYPE kube_pod_container_resource_limits gauge"]
-        for pod in self.pods:
-            listed = subprocess.run(
-                ["podman", "ps", "--filter", f"pod={pod}", "--format", "{{.Names}}"],
-                capture_output=True, text=True,
-            ).stdout.split()  # fmt: skip
-            for name in listed:
-                container = name.removeprefix(f"{pod}-")
-                if container == name:  # the pod's infra container
-                    continue
-                memory = subprocess.run(
-                    ["podman", "inspect", name, "--format", "{{.HostConfig.Memory}}"], capture_output=True, text=True
-                ).stdout.strip()
-                if memory.isdigit() and int(memory) > 0:
-                    labels = (
-                        f'namespace="{self.namespace}",pod="{pod}",uid="",container="{container}",'
-                        f'node="podman",resource="memory",unit="byte"'
-                    )
-                    lines.append(f"kube_pod_container_resource_limits{{{labels}}} {memory}")
+        listed = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+        containers = {}  # podman's name -> (pod, the manifests' container name)
+        for name in listed.split():
+            # podman names a pod's containers POD-CONTAINER (its infra container matches no pod)
+            pods = [pod for pod in self.pods if name.startswith(f"{pod}-")]
+            if pods:
+                pod = max(pods, key=len)
+                containers[name] = (pod, name.removeprefix(f"{pod}-"))
+        if not containers:
+            return "\n".join(lines) + "\n"
+        inspected = subprocess.run(
+            ["podman", "inspect", *containers, "--format", "{{.Name}} {{.HostConfig.Memory}}"],
+            capture_output=True, text=True,
+        ).stdout.splitlines()  # fmt: skip
+        for line in inspected:
+            name, _, memory = line.partition(" ")
+            if name in containers and memory.isdigit() and int(memory) > 0:
+                pod, container = containers[name]
+                labels = (
+                    f'namespace="{self.namespace}",pod="{pod}",uid="",container="{container}",'
+                    f'node="podman",resource="memory",unit="byte"'
+                )
+                lines.append(f"kube_pod_container_resource_limits{{{labels}}} {memory}")
         return "\n".join(lines) + "\n"
 
     def handler(self):
@@ -126,10 +160,42 @@ class PodLimits(threading.Thread):
         while not self.stopped.wait(self.REFRESH_SECONDS):
             self.body = self.read().encode()
 
+    def watch(self, pods: list[str]):
+        """Describe PODS from now on (read at once: a new pod's limit is there for its first scrape)."""
+        self.pods = list(pods)
+        self.body = self.read().encode()
+
     def stop(self):
         self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def scraped_jobs() -> list[str]:
+    jobs = monitoring_config()["jobs"]
+    return [jobs["api"], jobs["exporter"]]
+
+
+def targets_file(directory: Path, job: str) -> Path:
+    return directory / f"targets-{job}.json"
+
+
+def write_targets(directory: Path, scrape: list[Target]):
+    """Each job's targets file (file_sd) rewritten whole, with the labels the Operator gives pod
+    targets; renamed into place, so that Prometheus never reads half of one."""
+    namespace = monitoring_config()["namespace"]
+    for job in scraped_jobs():
+        groups = [
+            {
+                "targets": [f"127.0.0.1:{t.port}"],
+                "labels": {"namespace": namespace, "pod": t.pod, "container": t.container},
+            }
+            for t in scrape
+            if t.job == job
+        ]
+        path = targets_file(directory, job)
+        path.with_suffix(".tmp").write_text(json.dumps(groups))
+        path.with_suffix(".tmp").rename(path)
 
 
 class Prometheus:
@@ -144,7 +210,9 @@ class Prometheus:
         self.namespace, self.jobs = settings["namespace"], settings["jobs"]
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        config = self.config(scrape, limits)
+        self.limits = limits
+        self.watch(scrape)
+        config = self.config(directory, limits)
         (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.log = open(directory / "prometheus.log", "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
@@ -161,18 +229,22 @@ class Prometheus:
         self.started = time.time()
         self.alerts = None  # started by wait_ready()
 
+    def watch(self, scrape: list[Target]):
+        """Scrape SCRAPE from now on, and nothing else (write_targets). Prometheus sees the change
+        within its discovery's 5 s; the limits stand-in describes the same API pods."""
+        self.watched = list(scrape)
+        write_targets(self.directory, scrape)
+        if self.limits:
+            self.limits.watch(sorted({t.pod for t in scrape if t.job == self.jobs["api"]}))
+
     @staticmethod
-    def config(scrape: list[Target], limits: PodLimits | None) -> dict:
+    def config(directory: Path, limits: PodLimits | None) -> dict:
+        """Prometheus's configuration: the API and exporter jobs from DIRECTORY's targets files."""
         config = monitoring_config()
-        jobs = {}
-        for target in scrape:
-            jobs.setdefault(target.job, []).append(
-                {
-                    "targets": [f"127.0.0.1:{target.port}"],
-                    "labels": {"namespace": config["namespace"], "pod": target.pod, "container": target.container},
-                }
-            )
-        scrape_configs = [{"job_name": job, "static_configs": static} for job, static in jobs.items()]
+        scrape_configs = [
+            {"job_name": job, "file_sd_configs": [{"files": [str(targets_file(directory, job))]}]}
+            for job in scraped_jobs()
+        ]
         if limits:
             # kube-state-metrics' own namespace and pod labels name the pods it describes.
             scrape_configs.append(
@@ -229,6 +301,21 @@ class Prometheus:
             f"{t['labels']['job']}/{t['labels'].get('pod', '')}": t["health"]
             for t in self.get("/api/v1/targets")["activeTargets"]
         }
+
+    def wait_watched(self, up=True, deadline=30.0):
+        """Until Prometheus's targets are the ones watch() last named (and, if UP, each answers)."""
+        want = {f"{t.job}/{t.pod}" for t in self.watched}
+
+        def seen():
+            found = {k: v for k, v in self.targets_up().items() if not k.startswith(self.jobs["kube_state_metrics"])}
+            return set(found) == want and (not up or set(found.values()) == {"up"} or not found)
+
+        started = time.monotonic()
+        while not seen():
+            assert time.monotonic() - started < deadline, (
+                f"prometheus does not scrape {sorted(want)} in {deadline:.0f}s: {self.targets_up()}"
+            )
+            time.sleep(0.25)
 
     def query(self, expr: str) -> list[dict]:
         return self.get("/api/v1/query", query=expr)["result"]

@@ -842,10 +842,14 @@ def test_the_e2e_prometheus_loads_the_rule_file_as_it_is_with_targets_labelled_f
 
     pods = [Pod("read-api-0", 19080), Pod("read-api-1", 19081)]
     targets = module.targets(pods, {"read-api-0": 17080, "read-api-1": 17081}, 17090)
-    config = module.Prometheus.config(targets, limits=None)
+    config = module.Prometheus.config(tmp_path, limits=None)
+    module.write_targets(tmp_path, targets)
     assert config["rule_files"] == [str(RULES)]
     settings = monitoring_config()
-    jobs = {c["job_name"]: c["static_configs"] for c in config["scrape_configs"]}
+    jobs = {
+        c["job_name"]: [g for f in c["file_sd_configs"][0]["files"] for g in json.loads(Path(f).read_text())]
+        for c in config["scrape_configs"]
+    }
     assert set(jobs) == {settings["jobs"]["api"], settings["jobs"]["exporter"]}
     for static in jobs.values():
         for entry in static:

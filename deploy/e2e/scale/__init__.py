@@ -16,13 +16,15 @@ OUT = kit.REPO / "target/scale"
 VALUE_BYTES = 1000
 
 
-def render_dir(name, base, sizing):
-    """A kustomization of deploy/BASE with the sizing component, as a user would apply it."""
+def render_dir(name, base, sizing, *components):
+    """A kustomization of deploy/BASE with the sizing component (and COMPONENTS of deploy/components),
+    as a user would apply it."""
     path = OUT / "render" / name
     path.mkdir(parents=True, exist_ok=True)
     doc = {
         "resources": [os.path.relpath(kit.REPO / "deploy" / base, path)],
-        "components": [os.path.relpath(sizing, path)],
+        "components": [os.path.relpath(sizing, path)]
+        + [os.path.relpath(kit.REPO / "deploy/components" / c, path) for c in components],
     }
     (path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
     return path

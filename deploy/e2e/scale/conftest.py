@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.e2e import kit
+from deploy.e2e import kit, monitoring
 from deploy.e2e.scale import DATASET_MB, EGRESS_MBPS, OUT, PODS, REPORT, VALUE_BYTES, WRITES_PER_S, render_dir, seed
 from scripts import size
 
@@ -46,6 +46,9 @@ def sizing():
                 path.mkdir(parents=True, exist_ok=True)
                 (path / name).write_text(yaml.safe_dump(doc, sort_keys=False))
         renders[topology] = render_dir(topology, f"overlays/{topology}", path)
+    # make scale's sidecar pods carry the exporter, as a cluster with Prometheus runs them: the memory
+    # alerts read it. make compare-topologies plays the three topologies as they are.
+    renders["sidecar-monitored"] = render_dir("sidecar-monitored", "overlays/sidecar", component, "redis-exporter")
     return renders
 
 
@@ -63,6 +66,20 @@ def master(kit_network, passwords, sizing):
     )
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus(master):
+    """The e2e's Prometheus (deploy/e2e/monitoring.py) with the kit's rules, up before the cold start
+    so that it watches every scenario; the tests name the pods it scrapes (Prometheus.watch)."""
+    limits = monitoring.PodLimits([])
+    limits.start()
+    server = monitoring.Prometheus(OUT / "prometheus", [], limits)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+        limits.stop()
 
 
 def pytest_sessionfinish(session):

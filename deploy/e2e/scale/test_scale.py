@@ -1,6 +1,8 @@
 """The scenarios of make scale, in the order they run: a cold start of every
 pod at once under writes, the probe contract in each replica state, a rolling
-replacement in batches of maxSurge, and a master restart with the data set."""
+replacement in batches of maxSurge, and a master restart with the data set;
+a live Prometheus with the kit's rules watches them all, and its sync and
+memory alerts must stay silent."""
 
 import threading
 import time
@@ -9,7 +11,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from deploy.e2e import kit, scale
+from deploy.e2e import kit, monitoring, scale
 
 FIRST_SYNC_DEADLINE = 900  # seconds for every pod of a cold start to be ready
 
@@ -94,6 +96,17 @@ def ready(pod):
     return pod.ready()[0] == 200
 
 
+EXPORTERS = {}  # pod name -> the host port its replica's redis_exporter is published on
+# Pods made to resync in full with their data in place: the load holds a second copy beside the
+# first (repl-diskless-load swapdb), which may take the replica past ReadApiReplicaMemoryHigh's 40 %.
+RESYNCED = set()
+
+
+def watch(prometheus, pods):
+    """Prometheus scrapes PODS (their API and exporter) from now on, and no other pod."""
+    prometheus.watch(monitoring.targets(pods, {pod.name: EXPORTERS[pod.name] for pod in pods}, None))
+
+
 @pytest.fixture(scope="session")
 def writer(master, passwords):
     master.set("known-key", "scale")
@@ -104,20 +117,17 @@ def writer(master, passwords):
 
 
 @pytest.fixture(scope="session")
-def cold_start(master, sizing, writer):
+def cold_start(master, sizing, writer, prometheus):
     """Every pod started at once, under writes: figures for the cold-start scenario."""
     before, started = repl_bytes(master), time.monotonic()
     kit.play(
-        "sidecar",
-        sizing["sidecar"],
-        "--replicas",
-        str(scale.PODS),
-        "--publish",
-        f"http={kit.API_PORT}",
-        "--publish",
-        f"admin={kit.ADMIN_PORT}",
-    )
+        "sidecar", sizing["sidecar-monitored"], "--replicas", str(scale.PODS),
+        "--publish", f"http={kit.API_PORT}", "--publish", f"admin={kit.ADMIN_PORT}",
+        "--publish", f"redis-metrics={kit.EXPORTER_PORT}",
+    )  # fmt: skip
     pods = [kit.sidecar_pod(i) for i in range(scale.PODS)]
+    EXPORTERS.update({pod.name: kit.EXPORTER_PORT + i for i, pod in enumerate(pods)})
+    watch(prometheus, pods)
     for pod in pods:
         kit.wait_for(f"{pod.name} to be ready", lambda p=pod: ready(p), FIRST_SYNC_DEADLINE, every=0.5)
     return {"pods": pods, "seconds": time.monotonic() - started, "sent": repl_bytes(master) - before}
@@ -161,7 +171,7 @@ def test_full_syncs_under_writes_drop_no_replica(cold_start, master, writer, sum
 
 def rendered_probes(sizing):
     """The exec probes of the sidecar pod, and the API's readiness, as the manifests declare them."""
-    docs = yaml.safe_load_all(kit.sh("kubectl", "kustomize", sizing["sidecar"]).stdout)
+    docs = yaml.safe_load_all(kit.sh("kubectl", "kustomize", sizing["sidecar-monitored"]).stdout)
     deployment = next(d for d in docs if d and d["kind"] == "Deployment")
     probes = {}
     for c in deployment["spec"]["template"]["spec"]["containers"]:
@@ -234,6 +244,7 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
 
     # A full sync held before the snapshot (the master waits repl-diskless-sync-delay for more
     # replicas before it forks), then loaded slowly (key-load-delay, µs per key): probes run in both.
+    RESYNCED.add(pod.name)
     replica_cli(pod, "CONFIG", "SET", "key-load-delay", "100")
     master.config_set("repl-diskless-sync-delay", 8)
     replica_cli(pod, "REPLICAOF", "NO", "ONE")
@@ -272,7 +283,7 @@ def test_probe_contract(cold_start, master, passwords, sizing, summary):
 # --- rolling replacement and master restart ----------------------------------------
 
 
-def test_rolling_replacement(cold_start, master, sizing, summary):
+def test_rolling_replacement(cold_start, master, sizing, prometheus, summary):
     surge = sizing["figures"]["max_surge"]
     old = list(cold_start["pods"])
     serving = list(old)
@@ -282,17 +293,21 @@ def test_rolling_replacement(cold_start, master, sizing, summary):
     try:
         while old:
             name, count = f"read-api-r{batch}", min(surge, len(old))
-            base = kit.api_ports(count)
+            base, exporters = kit.api_ports(count), kit.host_ports(count)
             kit.play(
-                name, sizing["sidecar"], "--rename", f"read-api={name}", "--replicas", str(count),
+                name, sizing["sidecar-monitored"], "--rename", f"read-api={name}", "--replicas", str(count),
                 "--publish", f"http={base[0]}", "--publish", f"admin={base[1]}",
+                "--publish", f"redis-metrics={exporters}",
             )  # fmt: skip
             new = [kit.Api(f"{name}-{i}", base[0] + i, base[1] + i) for i in range(count)]
+            EXPORTERS.update({pod.name: exporters + i for i, pod in enumerate(new)})
+            watch(prometheus, serving + new)
             for pod in new:
                 kit.wait_for(f"{pod.name} to be ready", lambda p=pod: ready(p), FIRST_SYNC_DEADLINE, every=0.5)
             serving.extend(new)
             for pod in old[:count]:
                 serving.remove(pod)
+                watch(prometheus, serving)
                 kit.podman("pod", "rm", "-f", "-t", "10", pod.name)
             old = old[count:]
             batch += 1
@@ -338,3 +353,51 @@ def test_no_container_was_killed_or_restarted(cold_start):
             assert not oom and restarts == 0, (
                 f"{pod.name}-{part}: OOM-killed {oom}, restarted {restarts} times; {why(f'{pod.name}-{part}')}"
             )
+
+
+# --- the live monitoring -------------------------------------------------------------
+
+# The alerts a scale run must not raise: its scenarios restart, resync and replace replicas on
+# purpose, which may set a sync alert pending for a while, never firing; the memory alerts are
+# what make size's limits are for, so not even pending, but for MemoryHigh on a replica the probe
+# contract made load a second copy beside its data (RESYNCED), which make size's limit holds.
+SYNC_ALERTS = ("ReadApiReplicaLinkDown", "ReadApiReplicaNeverSynced", "ReadApiReplicaStale", "ReadApiHeartbeatMissing")
+MEMORY_ALERTS = ("ReadApiReplicaMemoryHigh", "ReadApiReplicaMemoryCritical")
+
+
+def too_loud(episode):
+    name, pod = episode["name"], episode["labels"].get("pod")
+    if name in SYNC_ALERTS:
+        return bool(episode["firing"])
+    if name == "ReadApiReplicaMemoryHigh" and pod in RESYNCED:
+        return bool(episode["firing"]) or episode["resolved"] is None
+    return name in MEMORY_ALERTS
+
+
+def test_sync_and_memory_alerts_stayed_silent(cold_start, prometheus, summary):
+    """Over every scenario above (this test runs last): Prometheus scraped each pod there was,
+    and the memory ratio the alerts compare is checked to exist for each pod, so that silence
+    is not the silence of a missing series."""
+    prometheus.wait_watched()
+    rule = monitoring.rule("ReadApiReplicaMemoryHigh")["expr"]
+    ratio = monitoring.compared(rule)
+    now = {e["metric"]["pod"]: float(e["value"][1]) for e in prometheus.query(ratio)}
+    assert set(now) == {pod.name for pod in cold_start["pods"]}, f"the memory ratio's series: {now}"
+    span = time.time() - prometheus.started
+    peak = prometheus.query(f"max(max_over_time(({ratio})[{span:.0f}s:{monitoring.SCRAPE_SECONDS}s]))")
+    episodes = prometheus.alerts.since(prometheus.started)
+    loud = [e for e in episodes if too_loud(e)]
+    rows = monitoring.timeline_rows("make scale", prometheus.started, episodes)
+    seen = {row[1] for row in rows}
+    rows += [["make scale", name, "0", "-", "-", "-"] for name in SYNC_ALERTS + MEMORY_ALERTS if name not in seen]
+    kit.add_rows("Alerts (seconds from Prometheus's start, before the cold start)", monitoring.TIMELINE_HEADER, rows)
+    assert not loud, "alerts a scale run must not raise:\n" + "\n".join(
+        f"{e['name']} {e['labels'].get('pod')}: {e}" for e in loud
+    )
+    assert prometheus.alerts.errors < 10, f"{prometheus.alerts.errors} polls of /api/v1/alerts failed"
+    pending = sorted({e["name"] for e in episodes if e["name"] in SYNC_ALERTS + MEMORY_ALERTS})
+    summary(
+        f"Prometheus watched {span:.0f} s: no sync or memory alert fired, none pending but "
+        f"{', '.join(pending) or 'none'} while replicas resynced; replica memory at most "
+        f"{float(peak[0]['value'][1]):.1%} of its limit ({len(now)} replicas); every alert in the Alerts table"
+    )
