@@ -64,23 +64,35 @@ pub struct Shared {
 }
 
 /// The middleware around the key routes.
+///
+/// The common request asks for nothing and only gets the headers: the
+/// waiting and checking live in their own boxed future, so that this one
+/// stays the size of a few pointers (a request's futures are allocated and
+/// moved whole, and the wait's timers and locks would make it kilobytes).
 pub async fn consistency(
     shared: Arc<Shared>,
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    match asked(req.headers(), req.query_string()) {
+        Ok(None) => Ok(decorated(&shared.fresh, next.call(req).await?)),
+        Ok(Some(ask)) => Box::pin(answer_asked(shared, ask, req, next)).await,
+        Err(e) => Ok(decorated(&shared.fresh, req.error_response(e))),
+    }
+}
+
+async fn answer_asked(
+    shared: Arc<Shared>,
+    ask: Ask,
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
     let Shared { fresh, metrics } = &*shared;
-    let ask = match asked(req.headers(), req.query_string()) {
-        Ok(ask) => ask,
-        Err(e) => return Ok(decorated(fresh, req.error_response(e))),
-    };
-    if let Some(ask) = ask {
-        if let Err(refusal) = meet(fresh, metrics, &ask, &req).await {
-            return Ok(decorated(fresh, req.error_response(refusal)));
-        }
-        if ask.min_position.is_some() {
-            req.extensions_mut().insert(SkipCache);
-        }
+    if let Err(refusal) = meet(fresh, metrics, &ask, &req).await {
+        return Ok(decorated(fresh, req.error_response(refusal)));
+    }
+    if ask.min_position.is_some() {
+        req.extensions_mut().insert(SkipCache);
     }
     Ok(decorated(fresh, next.call(req).await?))
 }
