@@ -82,6 +82,7 @@ impl Application {
             .transpose()
             .map_err(|_| ConfigError::new("CACHE_CONTROL", "not a valid header value"))?;
         let grace_seconds = settings.shutdown_grace.as_secs();
+        let max_hash_fields = settings.max_hash_fields;
         let public = {
             let admission = Admission::new(settings.admission, metrics.admission.clone());
             let metrics = metrics.clone();
@@ -95,6 +96,7 @@ impl Application {
                     limits,
                     cache_control: cache_control.clone(),
                     cache: value_cache.clone(),
+                    max_hash_fields,
                 };
                 let readiness = readiness.clone();
                 App::new()

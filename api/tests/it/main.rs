@@ -15,6 +15,7 @@ mod outage;
 mod process;
 mod readiness;
 mod readme;
+mod shapes;
 mod supervision;
 mod topology;
 mod value_cache;
