@@ -19,7 +19,7 @@ pub enum ApiError {
     BadRequest(String),
     #[error("key {0:?} does not exist")]
     KeyNotFound(String),
-    #[error("no route for this path; see /v1/keys/{{key}} and /v1/keys?key=...")]
+    #[error("no route for this path; see /v1/keys/{{key}}, /v1/keys/{{key}}/fields, /v1/keys/{{key}}/members/{{member}} and /v1/keys?key=...")]
     RouteNotFound,
     #[error("only GET and HEAD are allowed here")]
     MethodNotAllowed,
