@@ -294,15 +294,19 @@ impl ValueCache {
             self.metrics.fills_discarded.inc();
             return;
         }
-        let kept = match self.entries.get(key).as_deref() {
-            Some(Cached::Members(answers)) => answers.insert(member, is_member),
-            _ => false,
-        };
-        if !kept {
-            let answers = MemberAnswers::default();
-            answers.insert(member, is_member);
-            self.entries
-                .insert(key.into(), Arc::new(Cached::Members(answers)));
+        match self.entries.get(key).as_deref() {
+            // A full entry keeps the answers it has; this one is read again next time.
+            Some(Cached::Members(answers)) => {
+                if !answers.insert(member, is_member) {
+                    return;
+                }
+            }
+            _ => {
+                let answers = MemberAnswers::default();
+                answers.insert(member, is_member);
+                self.entries
+                    .insert(key.into(), Arc::new(Cached::Members(answers)));
+            }
         }
         if !self.unchanged_since(&ticket) {
             self.entries.remove(key);
@@ -485,6 +489,77 @@ mod tests {
         cache.invalidate([&b"a"[..], b"p:b", b"p:\xff"]);
         assert_eq!(value(&cache, "a").as_deref(), Some("Missing"));
         assert_eq!(value(&cache, "b"), None);
+    }
+
+    fn member(cache: &ValueCache, key: &str, member: &str) -> Option<bool> {
+        match cache.lookup(key).ok()?.as_ref() {
+            Cached::Members(answers) => answers.get(member),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn member_answers_join_one_entry_unless_they_crossed_an_invalidation() {
+        // An entry of answers weighs 4 KiB: within three times the value limit.
+        let cache = ValueCache::new(1 << 20, 2048, "p:", Metrics::new().cache);
+        cache.start_serving();
+        for (name, is) in [("a", true), ("b", false)] {
+            let Err(Some(ticket)) = cache.lookup_for("s", |_| false) else {
+                panic!()
+            };
+            cache.remember_member("s", ticket, name, is);
+        }
+        assert_eq!(member(&cache, "s", "a"), Some(true));
+        assert_eq!(member(&cache, "s", "b"), Some(false));
+        assert_eq!(member(&cache, "s", "c"), None);
+
+        let Err(Some(ticket)) = cache.lookup_for("s", |_| false) else {
+            panic!()
+        };
+        cache.invalidate([&b"p:s"[..]]);
+        cache.remember_member("s", ticket, "a", false);
+        assert!(
+            cache.lookup("s").is_err(),
+            "the entry is gone, the stale answer not kept"
+        );
+
+        // An entry holds at most its budget of answers; the rest are read again.
+        let long = "m".repeat(1000);
+        for i in 0..10 {
+            let Err(Some(ticket)) = cache.lookup_for("t", |_| false) else {
+                panic!()
+            };
+            cache.remember_member("t", ticket, &format!("{long}{i}"), true);
+        }
+        let Ok(entry) = cache.lookup("t") else {
+            panic!()
+        };
+        let Cached::Members(answers) = entry.as_ref() else {
+            panic!()
+        };
+        let known = (0..10)
+            .filter(|i| answers.get(&format!("{long}{i}")).is_some())
+            .count();
+        assert!((1..10).contains(&known), "{known}");
+    }
+
+    #[test]
+    fn a_lookup_for_another_shape_is_a_miss_with_a_ticket() {
+        let cache = serving_cache(1 << 20);
+        let Err(Some(ticket)) = cache.lookup("h") else {
+            panic!()
+        };
+        cache.fill(
+            "h",
+            ticket,
+            Arc::new(Cached::HashTooLarge {
+                too_many_fields: true,
+            }),
+        );
+        assert!(cache
+            .lookup_for("h", |c| matches!(c, Cached::HashTooLarge { .. }))
+            .is_ok());
+        assert!(matches!(cache.lookup_for("h", |_| false), Err(Some(_))));
     }
 
     #[test]
