@@ -17,9 +17,12 @@
 
 pub mod tracking;
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
-    Arc,
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        Arc, Mutex,
+    },
 };
 
 use actix_web::http::header::HeaderValue;
@@ -29,7 +32,10 @@ use quick_cache::{sync::Cache, DefaultHashBuilder, Lifecycle, OptionsBuilder, We
 
 use crate::metrics::CacheMetrics;
 
-/// What a key held when it was read, as the routes answer it.
+/// What a key held when it was read, as the routes answer it. One entry per
+/// key whatever the shape asked for: a write to the key invalidates it, and a
+/// route that finds an entry it cannot answer from reads the key again and
+/// replaces it (see [`ValueCache::lookup_for`]).
 #[derive(Debug)]
 pub enum Cached {
     /// UTF-8 text, with the single-key answer already encoded and tagged.
@@ -38,18 +44,114 @@ pub enum Cached {
         body: Bytes,
         etag: HeaderValue,
     },
-    /// Bytes that are not UTF-8 (409).
-    NotText,
+    /// Bytes that are not UTF-8 (409, or served as they are as raw bytes).
+    NotText(Bytes),
     /// No such key (404).
     Missing,
-    /// Longer than `MAX_VALUE_BYTES` (409): not read again until it changes.
+    /// A string longer than `MAX_VALUE_BYTES` (409): not read again until it changes.
     TooLarge,
+    /// A hash, whole or the fields some request asked for.
+    Hash(HashRead),
+    /// A hash over `MAX_VALUE_BYTES` or `MAX_HASH_FIELDS` as a whole (409).
+    HashTooLarge { too_many_fields: bool },
+    /// A set, or no key at all (Redis answers both alike): the members asked about.
+    Members(MemberAnswers),
+    /// A key of a type no route reads (a list, a sorted set, …), as `TYPE` names it (409).
+    Held(Box<str>),
+}
+
+/// A hash's fields as read, sorted by name.
+#[derive(Debug)]
+pub struct HashRead {
+    /// `None`: no such field (only in a read of chosen fields).
+    pub fields: Box<[(Str, Option<Str>)]>,
+    /// The whole-hash answer and its tag: `None` when only chosen fields were read.
+    pub whole: Option<(Bytes, HeaderValue)>,
+}
+
+impl HashRead {
+    /// The field's value, `Some(None)` when known to be absent, `None` when not read.
+    pub fn field(&self, name: &str) -> Option<Option<&Str>> {
+        match self.fields.binary_search_by(|(n, _)| (**n).cmp(name)) {
+            Ok(i) => Some(self.fields[i].1.as_ref()),
+            Err(_) if self.whole.is_some() => Some(None),
+            Err(_) => None,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(n, v)| n.len() + v.as_ref().map_or(0, |v| v.len()) + 32)
+            .sum();
+        fields + self.whole.as_ref().map_or(0, |(b, e)| b.len() + e.len())
+    }
+
+    fn data(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(n, v)| n.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum()
+    }
+}
+
+/// What an entry of member answers may hold: it is weighed at this size from
+/// the start, since answers are added after it is in the cache.
+pub const MEMBER_ANSWERS_BYTES: usize = 4096;
+/// What one answer costs besides its member's bytes.
+const MEMBER_OVERHEAD: usize = 32;
+
+/// Membership answers for one key, added as members are asked about.
+#[derive(Debug, Default)]
+pub struct MemberAnswers {
+    known: Mutex<(HashMap<Box<str>, bool>, usize)>,
+}
+
+impl MemberAnswers {
+    pub fn get(&self, member: &str) -> Option<bool> {
+        self.lock().0.get(member).copied()
+    }
+
+    /// Keeps the answer if it fits the entry's budget.
+    fn insert(&self, member: &str, is_member: bool) -> bool {
+        let mut known = self.lock();
+        let cost = member.len() + MEMBER_OVERHEAD;
+        if known.0.contains_key(member) {
+            known.0.insert(member.into(), is_member);
+            return true;
+        }
+        if known.1 + cost > MEMBER_ANSWERS_BYTES {
+            return false;
+        }
+        known.1 += cost;
+        known.0.insert(member.into(), is_member);
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<Box<str>, bool>, usize)> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Cached {
     fn bytes(&self) -> usize {
         match self {
             Self::Text { value, body, etag } => value.len() + body.len() + etag.len(),
+            Self::NotText(bytes) => bytes.len(),
+            Self::Hash(hash) => hash.bytes(),
+            Self::Members(_) => MEMBER_ANSWERS_BYTES,
+            Self::Held(kind) => kind.len(),
+            Self::Missing | Self::TooLarge | Self::HashTooLarge { .. } => 0,
+        }
+    }
+
+    /// The value's own bytes, held against `CACHE_MAX_VALUE_BYTES`.
+    fn data(&self) -> usize {
+        match self {
+            Self::Text { value, .. } => value.len(),
+            Self::NotText(bytes) => bytes.len(),
+            Self::Hash(hash) => hash.data(),
             _ => 0,
         }
     }
@@ -149,12 +251,25 @@ impl ValueCache {
     /// The cached answer for `key`, or a ticket to fill it with (`None` while
     /// the cache is not serving).
     pub fn lookup(&self, key: &str) -> Result<Arc<Cached>, Option<Ticket>> {
+        self.lookup_for(key, |_| true)
+    }
+
+    /// Like [`lookup`](Self::lookup), for a route that can answer from some
+    /// entries only (a hash read of fields the entry lacks, a member not yet
+    /// asked about): any other entry counts as a miss.
+    pub fn lookup_for(
+        &self,
+        key: &str,
+        usable: impl FnOnce(&Cached) -> bool,
+    ) -> Result<Arc<Cached>, Option<Ticket>> {
         if !self.serving.load(SeqCst) {
             return Err(None);
         }
         if let Some(found) = self.entries.get(key) {
-            self.metrics.hits.inc();
-            return Ok(found);
+            if usable(&found) {
+                self.metrics.hits.inc();
+                return Ok(found);
+            }
         }
         self.metrics.misses.inc();
         let stripe = Self::stripe(key.as_bytes());
@@ -164,6 +279,39 @@ impl ValueCache {
             stripe,
             stripe_count: self.stripes[stripe].load(SeqCst),
         }))
+    }
+
+    /// Keeps a membership answer read with `ticket`: in the key's entry of
+    /// answers if it has one, else in a new one (replacing what was there).
+    /// The same checks as [`fill`](Self::fill), before and after.
+    pub fn remember_member(&self, key: &str, ticket: Ticket, member: &str, is_member: bool) {
+        if member.len() + MEMBER_OVERHEAD > MEMBER_ANSWERS_BYTES
+            || MEMBER_ANSWERS_BYTES > self.max_value_bytes.saturating_mul(3)
+        {
+            return;
+        }
+        if !self.unchanged_since(&ticket) {
+            self.metrics.fills_discarded.inc();
+            return;
+        }
+        match self.entries.get(key).as_deref() {
+            // A full entry keeps the answers it has; this one is read again next time.
+            Some(Cached::Members(answers)) => {
+                if !answers.insert(member, is_member) {
+                    return;
+                }
+            }
+            _ => {
+                let answers = MemberAnswers::default();
+                answers.insert(member, is_member);
+                self.entries
+                    .insert(key.into(), Arc::new(Cached::Members(answers)));
+            }
+        }
+        if !self.unchanged_since(&ticket) {
+            self.entries.remove(key);
+            self.metrics.fills_discarded.inc();
+        }
     }
 
     fn unchanged_since(&self, ticket: &Ticket) -> bool {
@@ -184,13 +332,8 @@ impl ValueCache {
         // The value, its answer body (escapes can make it six times longer)
         // and the tag: within three times the value limit, which keeps an
         // entry under a shard's share of the cache (see config).
-        let too_large = match value.as_ref() {
-            Cached::Text { value: text, .. } => {
-                text.len() > self.max_value_bytes
-                    || value.bytes() > self.max_value_bytes.saturating_mul(3)
-            }
-            _ => false,
-        };
+        let too_large = value.data() > self.max_value_bytes
+            || value.bytes() > self.max_value_bytes.saturating_mul(3);
         if too_large {
             return;
         }
@@ -346,6 +489,77 @@ mod tests {
         cache.invalidate([&b"a"[..], b"p:b", b"p:\xff"]);
         assert_eq!(value(&cache, "a").as_deref(), Some("Missing"));
         assert_eq!(value(&cache, "b"), None);
+    }
+
+    fn member(cache: &ValueCache, key: &str, member: &str) -> Option<bool> {
+        match cache.lookup(key).ok()?.as_ref() {
+            Cached::Members(answers) => answers.get(member),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn member_answers_join_one_entry_unless_they_crossed_an_invalidation() {
+        // An entry of answers weighs 4 KiB: within three times the value limit.
+        let cache = ValueCache::new(1 << 20, 2048, "p:", Metrics::new().cache);
+        cache.start_serving();
+        for (name, is) in [("a", true), ("b", false)] {
+            let Err(Some(ticket)) = cache.lookup_for("s", |_| false) else {
+                panic!()
+            };
+            cache.remember_member("s", ticket, name, is);
+        }
+        assert_eq!(member(&cache, "s", "a"), Some(true));
+        assert_eq!(member(&cache, "s", "b"), Some(false));
+        assert_eq!(member(&cache, "s", "c"), None);
+
+        let Err(Some(ticket)) = cache.lookup_for("s", |_| false) else {
+            panic!()
+        };
+        cache.invalidate([&b"p:s"[..]]);
+        cache.remember_member("s", ticket, "a", false);
+        assert!(
+            cache.lookup("s").is_err(),
+            "the entry is gone, the stale answer not kept"
+        );
+
+        // An entry holds at most its budget of answers; the rest are read again.
+        let long = "m".repeat(1000);
+        for i in 0..10 {
+            let Err(Some(ticket)) = cache.lookup_for("t", |_| false) else {
+                panic!()
+            };
+            cache.remember_member("t", ticket, &format!("{long}{i}"), true);
+        }
+        let Ok(entry) = cache.lookup("t") else {
+            panic!()
+        };
+        let Cached::Members(answers) = entry.as_ref() else {
+            panic!()
+        };
+        let known = (0..10)
+            .filter(|i| answers.get(&format!("{long}{i}")).is_some())
+            .count();
+        assert!((1..10).contains(&known), "{known}");
+    }
+
+    #[test]
+    fn a_lookup_for_another_shape_is_a_miss_with_a_ticket() {
+        let cache = serving_cache(1 << 20);
+        let Err(Some(ticket)) = cache.lookup("h") else {
+            panic!()
+        };
+        cache.fill(
+            "h",
+            ticket,
+            Arc::new(Cached::HashTooLarge {
+                too_many_fields: true,
+            }),
+        );
+        assert!(cache
+            .lookup_for("h", |c| matches!(c, Cached::HashTooLarge { .. }))
+            .is_ok());
+        assert!(matches!(cache.lookup_for("h", |_| false), Err(Some(_))));
     }
 
     #[test]

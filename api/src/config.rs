@@ -92,6 +92,8 @@ pub struct Settings {
     pub workers: usize,
     pub max_key_bytes: usize,
     pub max_batch_keys: usize,
+    /// The most fields a whole hash may have to be served, and a request may name.
+    pub max_hash_fields: usize,
     pub key_prefix: String,
     pub log_format: LogFormat,
     /// How long the public listener keeps accepting after SIGTERM, while
@@ -174,6 +176,7 @@ struct RawSettings {
     workers: Option<String>,
     max_key_bytes: Option<String>,
     max_batch_keys: Option<String>,
+    max_hash_fields: Option<String>,
     key_prefix: Option<String>,
     log_format: Option<String>,
     shutdown_delay_seconds: Option<String>,
@@ -341,6 +344,9 @@ impl Settings {
             workers: number("WORKERS", raw.workers, 1..=1024, default_workers)?,
             max_key_bytes: number("MAX_KEY_BYTES", raw.max_key_bytes, 1..=65_536, 1024)?,
             max_batch_keys: number("MAX_BATCH_KEYS", raw.max_batch_keys, 1..=10_000, 100)?,
+            // 1024: a record or a small table; a larger hash is a scan inside
+            // Redis that blocks it while it runs, and would rather be read by field.
+            max_hash_fields: number("MAX_HASH_FIELDS", raw.max_hash_fields, 1..=100_000, 1024)?,
             key_prefix: raw.key_prefix.unwrap_or_default(),
             log_format,
             shutdown_delay: Duration::from_secs(number(
@@ -636,6 +642,7 @@ mod tests {
         assert_eq!(s.redis_timeout, Duration::from_millis(1000));
         assert_eq!(s.max_key_bytes, 1024);
         assert_eq!(s.max_batch_keys, 100);
+        assert_eq!(s.max_hash_fields, 1024);
         assert_eq!(s.replica_poll, Duration::from_millis(1000));
         assert_eq!(s.ready_max_link_down, None);
         assert_eq!(s.log_format, LogFormat::Json);
@@ -728,6 +735,8 @@ mod tests {
             ("WORKERS", "0"),
             ("MAX_KEY_BYTES", "1e3"),
             ("MAX_BATCH_KEYS", "100000"),
+            ("MAX_HASH_FIELDS", "0"),
+            ("MAX_HASH_FIELDS", "100001"),
             ("LOG_FORMAT", "yaml"),
             ("SHUTDOWN_GRACE_SECONDS", "forever"),
             ("READY_MAX_LINK_DOWN_SECONDS", "0"),

@@ -19,14 +19,21 @@ pub enum ApiError {
     BadRequest(String),
     #[error("key {0:?} does not exist")]
     KeyNotFound(String),
-    #[error("no route for this path; see /v1/keys/{{key}} and /v1/keys?key=...")]
+    #[error("no route for this path; see /v1/keys/{{key}}, /v1/keys/{{key}}/fields, /v1/keys/{{key}}/members/{{member}} and /v1/keys?key=...")]
     RouteNotFound,
     #[error("only GET and HEAD are allowed here")]
     MethodNotAllowed,
-    #[error("key {0:?} holds a value that is not a string")]
-    WrongType(String),
-    #[error("key {0:?} holds bytes that are not UTF-8 text")]
+    /// The key holds a type the route does not read; `holds` is what `TYPE` says.
+    #[error("key {key:?} holds {}", holds_message(holds))]
+    WrongType { key: String, holds: String },
+    #[error("key {0:?} holds bytes that are not UTF-8 text; ask with Accept: application/octet-stream for them as they are")]
     ValueNotUtf8(String),
+    /// `as=json` on a string that is not one JSON text.
+    #[error("key {key:?} does not hold a JSON document: {why}")]
+    ValueNotJson { key: String, why: String },
+    /// A hash over `MAX_VALUE_BYTES` or `MAX_HASH_FIELDS`.
+    #[error("key {key:?} holds a hash {why}; ask for chosen fields with ?field=")]
+    HashTooLarge { key: String, why: String },
     #[error("key {key:?} holds more than MAX_VALUE_BYTES ({max} bytes)")]
     ValueTooLarge { key: String, max: usize },
     #[error("the answer would be larger than MAX_BATCH_RESPONSE_BYTES ({max} bytes); ask for fewer keys")]
@@ -68,9 +75,10 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::KeyNotFound(_) | Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::WrongType(_) => "wrong_type",
+            Self::WrongType { .. } => "wrong_type",
             Self::ValueNotUtf8(_) => "value_not_utf8",
-            Self::ValueTooLarge { .. } => "value_too_large",
+            Self::ValueNotJson { .. } => "value_not_json",
+            Self::ValueTooLarge { .. } | Self::HashTooLarge { .. } => "value_too_large",
             Self::ResponseTooLarge { .. } => "response_too_large",
             Self::Unavailable(_) => "unavailable",
             Self::BadGateway(_) => "bad_gateway",
@@ -94,7 +102,10 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::WrongType(key) => Self::WrongType(key),
+            StoreError::WrongType(key) => Self::WrongType {
+                key,
+                holds: String::new(),
+            },
             StoreError::ValueTooLarge { key, max } => Self::ValueTooLarge { key, max },
             StoreError::BatchTooLarge { max } => Self::ResponseTooLarge { max },
             StoreError::Unexpected(_) => Self::BadGateway(e),
@@ -111,9 +122,11 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             // What the key holds cannot be served as it is: not a 5xx (nothing
             // failed, and retrying will not help), not 413 (the request is small).
-            Self::WrongType(_)
+            Self::WrongType { .. }
             | Self::ValueNotUtf8(_)
+            | Self::ValueNotJson { .. }
             | Self::ValueTooLarge { .. }
+            | Self::HashTooLarge { .. }
             | Self::ResponseTooLarge { .. } => StatusCode::CONFLICT,
             Self::Unavailable(_)
             | Self::Overloaded
@@ -144,6 +157,17 @@ impl ResponseError for ApiError {
             error: self.code(),
             message: &message,
         })
+    }
+}
+
+/// What a key of this type is, and which route reads it.
+fn holds_message(kind: &str) -> String {
+    match kind {
+        "string" => "a string: read it with GET /v1/keys/{key} (?as=json for a JSON document, Accept: application/octet-stream for its bytes)".into(),
+        "hash" => "a hash: read it with GET /v1/keys/{key}/fields (?field=a&field=b for chosen fields)".into(),
+        "set" => "a set: ask about a member with GET /v1/keys/{key}/members/{member}".into(),
+        "" => "a value of another type".into(),
+        other => format!("a {other}, which no route reads; strings, hashes and set membership are served"),
     }
 }
 

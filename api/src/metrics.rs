@@ -298,7 +298,7 @@ impl Metrics {
             refusals_vec: refusals,
             waits: counter(
                 POSITION_WAITS_TOTAL,
-                "Reads with Min-Position the last INFO poll could not answer, which asked Redis again and waited.",
+                "Reads with Min-Position: each asks Redis for its position (one INFO shared by the reads waiting at once) until reached or its bound.",
             ),
             wait_seconds: Histogram::with_opts(
                 HistogramOpts::new(

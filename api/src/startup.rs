@@ -93,6 +93,7 @@ impl Application {
             .map_err(|_| ConfigError::new("CACHE_CONTROL", "not a valid header value"))?;
         let freshness = Arc::new(Freshness::new(settings.position_max_wait));
         let grace_seconds = settings.shutdown_grace.as_secs();
+        let max_hash_fields = settings.max_hash_fields;
         let public = {
             let admission = Admission::new(settings.admission, metrics.admission.clone());
             let metrics = metrics.clone();
@@ -110,6 +111,7 @@ impl Application {
                     cache: value_cache.clone(),
                     freshness: freshness.clone(),
                     watch: watch_hub.clone(),
+                    max_hash_fields,
                 };
                 let readiness = readiness.clone();
                 App::new()

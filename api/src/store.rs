@@ -30,6 +30,9 @@ use crate::{
     metrics::Metrics,
 };
 
+mod shapes;
+pub use shapes::{HashRefusal, HashReply};
+
 /// Why a Redis command did not produce a value.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,8 +62,8 @@ pub enum StoreError {
 pub enum StringValue {
     /// UTF-8 text (fred checked it when it parsed the reply).
     Text(Str),
-    /// Bytes that are not UTF-8; never shown, so not kept.
-    NotText,
+    /// Bytes that are not UTF-8: served only as raw bytes.
+    NotText(Bytes),
 }
 
 impl StringValue {
@@ -68,7 +71,7 @@ impl StringValue {
         match value {
             RedisValue::Null => Ok(None),
             RedisValue::String(text) => Ok(Some(Self::Text(text))),
-            RedisValue::Bytes(_) => Ok(Some(Self::NotText)),
+            RedisValue::Bytes(bytes) => Ok(Some(Self::NotText(bytes))),
             _ => Err(()),
         }
     }

@@ -91,7 +91,7 @@ fn shown(
             Bytes::from(serde_json::to_vec(&*text).expect("strings encode")),
             None,
         ),
-        Ok(Some(StringValue::NotText)) => (Bytes::from_static(b"null"), Some("value_not_utf8")),
+        Ok(Some(StringValue::NotText(_))) => (Bytes::from_static(b"null"), Some("value_not_utf8")),
         Ok(None) => (Bytes::from_static(b"null"), None),
         Err(StoreError::ValueTooLarge { .. }) => {
             (Bytes::from_static(b"null"), Some("value_too_large"))

@@ -71,6 +71,17 @@ pub fn respond_tagged(
     etag: HeaderValue,
     cache_control: Option<&HeaderValue>,
 ) -> HttpResponse {
+    respond_as(req, body, etag, cache_control, JSON)
+}
+
+/// [`respond_tagged`] for a body of another media type.
+pub fn respond_as(
+    req: &HttpRequest,
+    body: Bytes,
+    etag: HeaderValue,
+    cache_control: Option<&HeaderValue>,
+    content_type: HeaderValue,
+) -> HttpResponse {
     let not_modified = if_none_match_matches(
         req.headers().get_all(header::IF_NONE_MATCH),
         etag.to_str().unwrap_or_default(),
@@ -87,7 +98,7 @@ pub fn respond_tagged(
     if not_modified {
         response.finish()
     } else {
-        response.insert_header((header::CONTENT_TYPE, JSON));
+        response.insert_header((header::CONTENT_TYPE, content_type));
         if body.len() <= CHUNK {
             response.body(body)
         } else {

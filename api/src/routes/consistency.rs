@@ -245,25 +245,32 @@ async fn reach(
             .as_ref()
             .map(|(history, seen)| (history.check(wanted), *seen, history.at.clone()));
         match &seen {
-            Some((Verdict::Reached, ..)) => break Ok(()),
+            // Only from an INFO sent since the request came: a poll from
+            // before may show the write in a history Redis has since left
+            // (a master restarted without its data, a failover), and the
+            // read would answer from data that no longer holds it.
+            Some((Verdict::Reached, seen, _)) if *seen >= started => break Ok(()),
             // Told by the master itself since the request came: final.
             Some((Verdict::Never, seen, at)) if *seen >= started => {
                 break Err(not_reached(metrics, wanted, Some(at), bound, true))
             }
             _ => {}
         }
-        if Instant::now() >= deadline {
+        if waited && Instant::now() >= deadline {
             let at = seen.as_ref().map(|(_, _, at)| at);
             let other = at.is_some_and(|at| at.replid != wanted.replid);
             break Err(not_reached(metrics, wanted, at, bound, other));
         }
+        // The first INFO is asked whatever the bound: without it, nothing
+        // since the request decides.
+        let first = !waited;
         waited = true;
         let Some(state) = req.app_data::<web::Data<PublicState>>() else {
             break Err(not_reached(metrics, wanted, None, bound, false));
         };
         tokio::select! {
             () = fresh.refresh(&state.store) => {}
-            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = tokio::time::sleep_until(deadline.into()), if !first => {}
         }
     };
     if waited {

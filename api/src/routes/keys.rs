@@ -14,8 +14,9 @@ use bytes::Bytes;
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use super::{
-    caching::{etag_header, respond, respond_tagged},
+    caching::{etag_header, respond},
     consistency::{is_query_parameter, skips_cache},
+    shapes::{self, StringShape, Tail},
     Limits, PublicState,
 };
 use crate::{
@@ -35,25 +36,42 @@ pub const ONE_KEY_ROUTE: &str = "/v1/keys/{key}";
 pub const ONE_KEY_PREFIX: &str = "/v1/keys";
 
 /// Everything under `/v1/keys/`: one non-empty segment is a key (an encoded
-/// slash, %2F, stays encoded in the raw path), anything else no route.
+/// slash, %2F, stays encoded in the raw path), followed by nothing (a
+/// string), `/fields` (a hash) or `/members/{member}` (set membership);
+/// anything else no route.
 pub async fn get_one(
     req: HttpRequest,
     state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
-    let segment = req
+    let rest = req
         .uri()
         .path()
         .strip_prefix(ONE_KEY_PREFIX)
         .and_then(|rest| rest.strip_prefix('/'))
-        .filter(|segment| !segment.is_empty() && !segment.contains('/'))
         .ok_or(ApiError::RouteNotFound)?;
+    let (segment, tail) = match rest.split_once('/') {
+        None => (rest, None),
+        Some((segment, tail)) => (
+            segment,
+            Some(Tail::parse(tail).ok_or(ApiError::RouteNotFound)?),
+        ),
+    };
+    if segment.is_empty() {
+        return Err(ApiError::RouteNotFound);
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(ApiError::MethodNotAllowed);
     }
     let key = decode_key(segment, false, state.limits.max_key_bytes)?;
-    let cache = state.cache.as_deref().filter(|_| !skips_cache(&req));
-    let ticket = match cache.map(|cache| cache.lookup(&key)) {
-        Some(Ok(cached)) => return answer(&req, &state, &key, &cached),
+    if let Some(tail) = tail {
+        return shapes::get_shape(&req, &state, &key, tail).await;
+    }
+    let shape = StringShape::of(&req)?;
+    let ticket = match state
+        .cache_for(&req)
+        .map(|cache| cache.lookup_for(&key, shapes::reads_as_string))
+    {
+        Some(Ok(cached)) => return shapes::answer_string(&req, &state, &key, &cached, shape),
         Some(Err(ticket)) => ticket,
         None => None,
     };
@@ -62,39 +80,17 @@ pub async fn get_one(
             let (body, etag) = one_body(&key, &value);
             Cached::Text { value, body, etag }
         }
-        Ok(Some(StringValue::NotText)) => Cached::NotText,
+        Ok(Some(StringValue::NotText(bytes))) => Cached::NotText(bytes),
         Ok(None) => Cached::Missing,
         Err(StoreError::ValueTooLarge { .. }) => Cached::TooLarge,
+        Err(StoreError::WrongType(_)) => return Err(shapes::wrong_type(&state, &key, ticket).await),
         Err(e) => return Err(e.into()),
     };
     let read = Arc::new(read);
     if let (Some(cache), Some(ticket)) = (&state.cache, ticket) {
         cache.fill(&key, ticket, Arc::clone(&read));
     }
-    answer(&req, &state, &key, &read)
-}
-
-/// The single-key answer for what the key holds, fresh or cached.
-fn answer(
-    req: &HttpRequest,
-    state: &PublicState,
-    key: &str,
-    read: &Cached,
-) -> Result<HttpResponse, ApiError> {
-    match read {
-        Cached::Text { body, etag, .. } => Ok(respond_tagged(
-            req,
-            body.clone(),
-            etag.clone(),
-            state.cache_control.as_ref(),
-        )),
-        Cached::NotText => Err(ApiError::ValueNotUtf8(key.to_owned())),
-        Cached::Missing => Err(ApiError::KeyNotFound(key.to_owned())),
-        Cached::TooLarge => Err(ApiError::ValueTooLarge {
-            key: key.to_owned(),
-            max: state.store.limits().max_value_bytes,
-        }),
-    }
+    shapes::answer_string(&req, &state, &key, &read, shape)
 }
 
 /// `{"key": …, "value": …}` and its tag: built once per read from Redis,
@@ -127,7 +123,7 @@ pub async fn get_batch(
     req: HttpRequest,
     state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
-    let keys = parse_batch_query(req.query_string(), state.limits)?;
+    let BatchRequest { keys, documents } = parse_batch_request(req.query_string(), state.limits)?;
     let max = state.store.limits().max_batch_bytes;
     let values = match &state.cache {
         Some(cache) if !skips_cache(&req) => read_through(cache, &state, &keys, max).await?,
@@ -142,21 +138,49 @@ pub async fn get_batch(
     let mut pairs = Vec::with_capacity(keys.len());
     let mut estimate = 16;
     for (key, value) in keys.into_iter().zip(values.iter()) {
-        let text = value.as_ref().map(|v| v.as_text(&key)).transpose()?;
+        let text = value
+            .as_ref()
+            .map(|v| v.as_text(&key, documents))
+            .transpose()?;
+        let text = match (text, documents) {
+            (Some(text), true) => Some(shapes::json_document(&key, text)?),
+            (text, _) => text,
+        };
         estimate += key.len() + text.map_or(4, str::len) + 6;
         pairs.push((key, text));
     }
     // Redis checked the values add up to at most the limit; escapes can still
     // make the JSON larger, so the encoder stops at the limit too.
     let mut body = CappedBody::new(estimate, max);
-    serde_json::to_writer(
-        &mut body,
-        &BatchBody {
-            values: Values(&pairs),
-        },
-    )
-    .map_err(|_| ApiError::ResponseTooLarge { max })?;
+    let written = if documents {
+        documents_body(&mut body, &pairs)
+    } else {
+        serde_json::to_writer(
+            &mut body,
+            &BatchBody {
+                values: Values(&pairs),
+            },
+        )
+        .map_err(io::Error::other)
+    };
+    written.map_err(|_| ApiError::ResponseTooLarge { max })?;
     Ok(respond(&req, body.buf, state.cache_control.as_ref()))
+}
+
+/// `{"values": {"a": <document>, "b": null}}`: the documents as they are
+/// (each already checked to be one JSON text).
+fn documents_body(body: &mut CappedBody, pairs: &[(String, Option<&str>)]) -> io::Result<()> {
+    use io::Write;
+    body.write_all(b"{\"values\":{")?;
+    for (i, (key, document)) in pairs.iter().enumerate() {
+        if i > 0 {
+            body.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *body, key).map_err(io::Error::other)?;
+        body.write_all(b":")?;
+        body.write_all(document.unwrap_or("null").as_bytes())?;
+    }
+    body.write_all(b"}}")
 }
 
 /// One value of a batch, read now or found in the cache.
@@ -166,14 +190,22 @@ enum Found {
 }
 
 impl Found {
-    fn as_text<'v>(&'v self, key: &str) -> Result<&'v str, ApiError> {
-        match self {
-            Self::Read(value) => as_text(key, value),
+    fn as_text<'v>(&'v self, key: &str, documents: bool) -> Result<&'v str, ApiError> {
+        let text = match self {
+            Self::Read(StringValue::Text(text)) => Some(&**text),
+            Self::Read(StringValue::NotText(_)) => None,
             Self::Cached(cached) => match cached.as_ref() {
-                Cached::Text { value, .. } => Ok(value),
-                _ => Err(ApiError::ValueNotUtf8(key.to_owned())),
+                Cached::Text { value, .. } => Some(&**value),
+                _ => None,
             },
-        }
+        };
+        text.ok_or_else(|| match documents {
+            true => ApiError::ValueNotJson {
+                key: key.to_owned(),
+                why: "it is not UTF-8 text".into(),
+            },
+            false => ApiError::ValueNotUtf8(key.to_owned()),
+        })
     }
 }
 
@@ -201,11 +233,14 @@ async fn read_through(
                             max: state.store.limits().max_value_bytes,
                         })
                     }
-                    Cached::NotText | Cached::Missing => {}
+                    Cached::NotText(bytes) => used += bytes.len(),
+                    _ => {}
                 }
-                // A missing key reads as null in a batch, like MGET.
-                let missing = matches!(cached.as_ref(), Cached::Missing);
-                values.push((!missing).then_some(Found::Cached(cached)));
+                // A missing key, or one of another type, reads as null in a
+                // batch, like MGET (an entry of member answers is a set or
+                // a missing key: null either way).
+                let string = matches!(cached.as_ref(), Cached::Text { .. } | Cached::NotText(_));
+                values.push(string.then_some(Found::Cached(cached)));
             }
             Err(ticket) => {
                 misses.push((i, ticket));
@@ -235,7 +270,7 @@ async fn read_through(
                         etag,
                     }
                 }
-                StringValue::NotText => Cached::NotText,
+                StringValue::NotText(bytes) => Cached::NotText(bytes.clone()),
             };
             cache.fill(&keys[i], ticket, Arc::new(cached));
         }
@@ -278,19 +313,29 @@ impl io::Write for CappedBody {
     }
 }
 
-fn as_text<'v>(key: &str, value: &'v StringValue) -> Result<&'v str, ApiError> {
-    match value {
-        StringValue::Text(text) => Ok(text),
-        StringValue::NotText => Err(ApiError::ValueNotUtf8(key.to_owned())),
-    }
+/// What `/v1/keys?…` asks for.
+pub struct BatchRequest {
+    pub keys: Vec<String>,
+    /// `as=json`: every value served as the JSON document it holds.
+    pub documents: bool,
 }
 
 /// The keys of `key=a&key=b…`, each decoded and checked like a path key.
 pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, ApiError> {
+    parse_batch_request(query, limits).map(|request| request.keys)
+}
+
+/// [`parse_batch_query`], with `as=json` too.
+pub fn parse_batch_request(query: &str, limits: Limits) -> Result<BatchRequest, ApiError> {
     let mut keys = Vec::new();
+    let mut documents = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if is_query_parameter(name) {
+            continue;
+        }
+        if name == "as" {
+            documents = shapes::parse_as(pair)?;
             continue;
         }
         if name != "key" {
@@ -298,7 +343,7 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
                 .ok()
                 .and_then(|n| String::from_utf8(n).ok());
             return Err(ApiError::BadRequest(format!(
-                "unknown query parameter {:?}; only 'key' is accepted",
+                "unknown query parameter {:?}; only 'key' (and 'as=json') is accepted",
                 name.as_deref().unwrap_or("(not UTF-8)")
             )));
         }
@@ -315,7 +360,7 @@ pub fn parse_batch_query(query: &str, limits: Limits) -> Result<Vec<String>, Api
             "no keys: give one or more 'key' query parameters, as in /v1/keys?key=a&key=b".into(),
         ));
     }
-    Ok(keys)
+    Ok(BatchRequest { keys, documents })
 }
 
 /// Percent-decodes one key and checks it is non-empty UTF-8 within `max_bytes`.

@@ -5,6 +5,7 @@ pub mod consistency;
 mod keys;
 mod observe;
 mod request_id;
+mod shapes;
 mod watch;
 
 use actix_web::{
@@ -16,7 +17,7 @@ use actix_web::{
 };
 
 pub use caching::{etag_of, if_none_match_matches};
-pub use keys::{decode_key, parse_batch_query};
+pub use keys::{decode_key, parse_batch_query, parse_batch_request, BatchRequest};
 pub use request_id::request_id;
 
 use std::sync::Arc;
@@ -45,12 +46,28 @@ pub struct PublicState {
     pub freshness: Arc<Freshness>,
     /// The change streams' hub; `None` when `WATCH_MAX_WATCHERS` is 0.
     pub watch: Option<Arc<WatchHub>>,
+    /// `MAX_HASH_FIELDS`: the most fields a whole hash, or a request, may have.
+    pub max_hash_fields: usize,
 }
 
-/// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD), and `/v1/watch`
-/// (GET), with request metrics on each.
+impl PublicState {
+    /// The value cache, unless the request must not be answered from it
+    /// (a `Min-Position` read: see `consistency`).
+    pub fn cache_for(&self, req: &actix_web::HttpRequest) -> Option<&ValueCache> {
+        self.cache
+            .as_deref()
+            .filter(|_| !consistency::skips_cache(req))
+    }
+}
+
+/// Registers `/v1/keys/{key}` (and its `/fields` and `/members/{member}`),
+/// `/v1/keys` (GET and HEAD) and `/v1/watch` (GET), with request metrics on each.
 pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
-    let one = metrics.route(keys::ONE_KEY_ROUTE);
+    let one = [
+        metrics.route(keys::ONE_KEY_ROUTE),
+        metrics.route(shapes::FIELDS_ROUTE),
+        metrics.route(shapes::MEMBERS_ROUTE),
+    ];
     let batch = metrics.route("/v1/keys");
     let consistency = {
         // One Arc, so that a request pays one reference count for both.
@@ -93,11 +110,25 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
             web::scope(keys::ONE_KEY_PREFIX)
                 .wrap(consistency())
                 .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                    observe::observe(one.clone(), req, next)
+                    let route = one[shape_route(req.path())].clone();
+                    observe::observe(route, req, next)
                 }))
                 .default_service(web::to(keys::get_one)),
         )
         .default_service(web::to(route_not_found));
+}
+
+/// Which route of the `/v1/keys/` scope a path is, for metrics: 0 a string,
+/// 1 a hash's fields, 2 a membership (anything else counts as a string's).
+fn shape_route(path: &str) -> usize {
+    let rest = path
+        .get(keys::ONE_KEY_PREFIX.len() + 1..)
+        .unwrap_or_default();
+    match rest.find('/').map(|slash| &rest[slash..]) {
+        Some("/fields") => 1,
+        Some(tail) if tail.starts_with("/members/") => 2,
+        _ => 0,
+    }
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {

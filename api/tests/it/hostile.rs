@@ -38,6 +38,8 @@ async fn raw_status(base: &str, request: &[u8]) -> Option<u16> {
 async fn odd_paths_get_4xx_or_200_never_5xx() {
     let redis = RedisServer::start();
     redis.cli(&["SET", "k", "v"]);
+    redis.cli(&["HSET", "h", "a", "1", "b", "2"]);
+    redis.cli(&["SADD", "s", "a/b"]);
     let app = TestApp::spawn(&redis.url(), &[]).await;
     let huge = "a".repeat(20_000);
     let paths = [
@@ -62,6 +64,35 @@ async fn odd_paths_get_4xx_or_200_never_5xx() {
         "/v1//keys/k",
         "/v1/keys/k/",
         "/v1/keys/k/extra",
+        // The shapes' routes and parameters.
+        "/v1/keys/k?as=json",
+        "/v1/keys/k?as=%00",
+        "/v1/keys/k?as=json&as=json",
+        "/v1/keys/k?as",
+        "/v1/keys?key=k&as=json&as=",
+        "/v1/keys/h/fields",
+        "/v1/keys/h/fields?",
+        "/v1/keys/h/fields?field",
+        "/v1/keys/h/fields?field=%",
+        "/v1/keys/h/fields?field=%00&field=%0D%0A",
+        "/v1/keys/h/fields?field=a&&&field=b",
+        "/v1/keys/h/fields/",
+        "/v1/keys/h/fields/x",
+        "/v1/keys/k/fields",
+        "/v1/keys/h/members/%00",
+        "/v1/keys/h/members/%",
+        "/v1/keys/s/members/%ED%A0%80",
+        "/v1/keys/s/members/a%2Fb",
+        "/v1/keys/s/members//",
+        "/v1/keys//members/x",
+        "/v1/keys/%FF/fields",
+        &format!("/v1/keys/h/fields?field={huge}"),
+        &format!("/v1/keys/h/fields?{}", "field=a&".repeat(5000)),
+        &format!(
+            "/v1/keys/h/fields?{}",
+            (0..2000).map(|i| format!("field={i}&")).collect::<String>()
+        ),
+        &format!("/v1/keys/s/members/{huge}"),
         &format!("/v1/keys/{huge}"),
         &format!("/v1/keys?key={huge}"),
         &format!("/v1/keys?{}", "key=a&".repeat(2000)),
@@ -115,4 +146,49 @@ async fn malformed_requests_are_refused_with_4xx() {
     }
     // The server survived all of it.
     assert_eq!(app.get_json("/v1/keys/k").await.0, 404);
+}
+
+#[tokio::test]
+async fn odd_accept_values_choose_json_or_bytes_never_5xx() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "k", "v"]);
+    let app = TestApp::spawn(&redis.url(), &[]).await;
+    let long_list = "application/octet-stream;q=0.5, ".repeat(1000);
+    let accepts: Vec<Vec<u8>> = vec![
+        b"application/octet-stream;q=999".to_vec(),
+        b"application/octet-stream;q=-1".to_vec(),
+        b"application/octet-stream;q=".to_vec(),
+        b"application/octet-stream;;;q=0.1;q=0.9".to_vec(),
+        b"application/octet-stream\xff\xfe".to_vec(),
+        b"\xffoctet-stream".to_vec(),
+        b",,,;;;octet-stream".to_vec(),
+        b"OCTET-STREAM".to_vec(),
+        long_list.into_bytes(),
+    ];
+    for accept in &accepts {
+        let mut request =
+            b"GET /v1/keys/k HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: ".to_vec();
+        request.extend_from_slice(accept);
+        request.extend_from_slice(b"\r\n\r\n");
+        let status = raw_status(&app.base, &request).await;
+        assert_eq!(
+            status,
+            Some(200),
+            "{:?}",
+            String::from_utf8_lossy(&accept[..accept.len().min(60)])
+        );
+    }
+    // q above 1 is not a q value: the range counts with the default, 1.
+    let response = app
+        .send(
+            reqwest::Method::GET,
+            "/v1/keys/k",
+            &[("accept", "application/octet-stream;q=999")],
+        )
+        .await;
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(response.bytes().await.unwrap(), "v");
 }

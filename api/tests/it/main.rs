@@ -16,6 +16,7 @@ mod outage;
 mod process;
 mod readiness;
 mod readme;
+mod shapes;
 mod supervision;
 mod topology;
 mod value_cache;

@@ -221,3 +221,49 @@ async fn four_at_once(api: &ApiProcess, path: &str) -> Vec<(u16, String)> {
     );
     vec![a, b, c, d]
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_hashes_in_redis_never_reach_the_api() {
+    let redis = RedisServer::start();
+    // Four values of 25 MB, and a field whose name alone is 20 MB: names have
+    // no length command, so only the script's size checks stand in the way.
+    redis.cli(&[
+        "EVAL",
+        "for i = 1, 4 do redis.call('HSET', 'fat', 'f' .. i, string.rep('\\1', 25000000)) end \
+         redis.call('HSET', 'named', string.rep('n', 20000000), 'v') \
+         redis.call('HSET', 'named', 'small', 'ok')",
+        "0",
+    ]);
+    let api = ApiProcess::spawn(&[("REDIS_URL", &redis.url()), ("REDIS_TIMEOUT_MS", "5000")]);
+    api.wait_ready().await;
+    let at_start = api.rss_bytes();
+    let watch = RssWatch::start(api.pid());
+    for path in [
+        "/v1/keys/fat/fields",
+        "/v1/keys/fat/fields?field=f1",
+        "/v1/keys/named/fields",
+    ] {
+        for (status, code) in four_at_once(&api, path).await {
+            assert_eq!((status, code.as_str()), (409, "value_too_large"), "{path}");
+        }
+    }
+    // The small field of the same hashes reads at once: no reply is draining.
+    let started = Instant::now();
+    assert_eq!(
+        status_and_code(&api, "/v1/keys/named/fields?field=small").await,
+        (200, String::new())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let (peak, after) = watch.finish(&api, at_start);
+    assert!(
+        peak < at_start + 16 * MIB && after < at_start + 16 * MIB,
+        "{} MiB at start, {} MiB at the peak, {} MiB after",
+        at_start / MIB,
+        peak / MIB,
+        after / MIB
+    );
+}

@@ -57,6 +57,7 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
         }
         "MAX_KEY_BYTES" => settings.max_key_bytes.to_string(),
         "MAX_BATCH_KEYS" => settings.max_batch_keys.to_string(),
+        "MAX_HASH_FIELDS" => settings.max_hash_fields.to_string(),
         "KEY_PREFIX" if settings.key_prefix.is_empty() => "empty".to_owned(),
         "KEY_PREFIX" => settings.key_prefix.clone(),
         "LOG_FORMAT" => match settings.log_format {

@@ -436,3 +436,76 @@ async fn randomized_reads_are_never_older_than_the_push_bound() {
         &stale[..stale.len().min(20)]
     );
 }
+
+/// GET `path` on the topology's API: status and JSON body.
+async fn get_path(topology: &Topology, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("{}{path}", topology.api))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn hashes_members_and_documents_written_on_the_master_invalidate() {
+    let topology = sidecar().await;
+    topology.master_cli(&["HSET", "user:1", "name", "ann", "plan", "free"]);
+    topology.master_cli(&["SADD", "allow", "tok-1"]);
+    topology.seed("conf", "{\"v\": 1}");
+    let reads = [
+        (
+            "/v1/keys/user:1/fields",
+            "fields",
+            json_of(r#"{"name":"ann","plan":"free"}"#),
+        ),
+        (
+            "/v1/keys/user:1/fields?field=plan",
+            "fields",
+            json_of(r#"{"plan":"free"}"#),
+        ),
+        ("/v1/keys/allow/members/tok-1", "is_member", json_of("true")),
+        (
+            "/v1/keys/allow/members/tok-2",
+            "is_member",
+            json_of("false"),
+        ),
+        ("/v1/keys/conf?as=json", "value", json_of(r#"{"v": 1}"#)),
+    ];
+    for (path, field, expected) in &reads {
+        wait_for(&format!("{path} cached"), DEADLINE, || async {
+            let before = topology.metric("read_api_cache_hits_total").await.unwrap();
+            let (status, body) = get_path(&topology, path).await;
+            let hit = topology.metric("read_api_cache_hits_total").await.unwrap() > before;
+            (status == 200 && body[field] == *expected && hit).then_some(())
+        })
+        .await;
+    }
+    topology.master_cli(&["HSET", "user:1", "plan", "paid"]);
+    topology.master_cli(&["SADD", "allow", "tok-2"]);
+    topology.seed("conf", "{\"v\": 2}");
+    let changed = [
+        (
+            "/v1/keys/user:1/fields",
+            "fields",
+            json_of(r#"{"name":"ann","plan":"paid"}"#),
+        ),
+        (
+            "/v1/keys/user:1/fields?field=plan",
+            "fields",
+            json_of(r#"{"plan":"paid"}"#),
+        ),
+        ("/v1/keys/allow/members/tok-2", "is_member", json_of("true")),
+        ("/v1/keys/conf?as=json", "value", json_of(r#"{"v": 2}"#)),
+    ];
+    for (path, field, expected) in &changed {
+        wait_for(&format!("{path} to change"), DEADLINE, || async {
+            let (_, body) = get_path(&topology, path).await;
+            (body[field] == *expected).then_some(())
+        })
+        .await;
+    }
+}
+
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
