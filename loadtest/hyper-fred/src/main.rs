@@ -11,11 +11,16 @@ use std::{convert::Infallible, net::SocketAddr};
 use bytes::Bytes;
 use fred::prelude::*;
 use http_body_util::Full;
-use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-async fn answer(redis: Client, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    redis: Client,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(key) = req.uri().path().strip_prefix("/v1/keys/") else {
         return Ok(status(StatusCode::NOT_FOUND));
     };
