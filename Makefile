@@ -296,6 +296,10 @@ render: ## Print the manifests of TOPOLOGY=sidecar|central|relay|node-local|mast
 bench: ## Side-by-side benchmark on this machine (BENCH_QUICK=1 for a few seconds per point): target/bench/report.md.
 	@loadtest/bench.sh
 
+.PHONY: instructions
+instructions: ## The API's instructions per request (callgrind), hit and miss, against loadtest/instructions-baseline.json; fails on a regression.
+	@loadtest/instructions.sh
+
 .PHONY: loadtest
 loadtest: ## Rate ladder against BASE_URL (default the demo, http://127.0.0.1:8080): RATES, DURATION, TARGET.
 	@loadtest/attack.sh

@@ -9,7 +9,11 @@
 #   3. webdis on the same replica, GET /GET/known-key
 #   4. an HTTP ceiling: nginx `return 200` with the same body
 #   5. redis-benchmark GET on the same replica
-#   6. the API with its value cache on (the rows above run with it off, so
+#   6. the peers a user would try instead (issue 29), on the same replica:
+#      OpenResty with lua-resty-redis per request, OpenResty with a per-worker
+#      cache kept by CLIENT TRACKING BCAST (loadtest/openresty), and a minimal
+#      hyper + fred server (loadtest/hyper-fred, a baseline)
+#   7. the API with its value cache on (the rows above run with it off, so
 #      that they and the costs measure the read path through Redis): the same
 #      hot key, and a Zipf keyspace larger than the cache, with its hit ratio
 # plus a rate ladder (success and p99 against offered rate) for central and
@@ -27,7 +31,8 @@
 #   OVERLOAD_PERIOD_US    its CFS period (default 10000: the shortest that takes a 10 % quota,
 #                   which is at least 1 ms; a throttled server waits up to period - quota)
 #   OVERLOAD_FACTORS      the API's offered rates in multiples of its capacity (default 0.5,2,5)
-# Output: target/bench/report.md (also on stdout), results.csv, ladder.svg, costs.json.
+# plus the API's instructions per request under callgrind (loadtest/lib/instructions.py).
+# Output: target/bench/report.md (also on stdout), results.csv, ladder.svg, costs.json, instructions.json.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,6 +58,7 @@ export WORKERS=${WORKERS:-1} LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
 export CACHE_MAX_BYTES=0
 webdis_port=27379 nginx_port=28081 cached_port=28082 cached_admin_port=29091
 zipf_port=28083 zipf_admin_port=29092
+openresty_port=28084 openresty_tracking_port=28085 hyper_fred_port=28086
 topology="$repo/scripts/local-topology.sh"
 api_url="http://$API_ADDR/v1/keys/known-key"
 points="$out/points.jsonl"
@@ -68,10 +74,14 @@ wait_http() { until curl -fs "$1" >/dev/null; do sleep 0.1; done; }
 
 prerequisites() {
     say "prerequisites"
-    "$repo/scripts/install-deps.sh" redis-server redis-cli stunnel4 webdis nginx gnuplot openssl curl taskset wrk
+    "$repo/scripts/install-deps.sh" redis-server redis-cli stunnel4 webdis nginx gnuplot openssl curl taskset wrk valgrind \
+        pkg:libnginx-mod-http-lua pkg:lua-nginx-redis pkg:lua-cjson
     "$here/install-oha.sh"
     export PATH="$HOME/.cargo/bin:$PATH"
     cargo build --release --locked -p read-api 2>&1 | tail -n 1 >&2
+    # A workspace of its own (make test never builds it), sharing target/.
+    cargo build --release --locked --manifest-path "$here/hyper-fred/Cargo.toml" \
+        --target-dir "$repo/target" 2>&1 | tail -n 1 >&2
 }
 
 stop_services() {
@@ -206,19 +216,46 @@ start_nginx() {
     wait_http "http://127.0.0.1:$nginx_port/"
 }
 
+# OpenResty on the same replica, one worker as the API has: NAME PORT CACHE_ENTRIES
+# (0: lua-resty-redis per request; more: the per-worker cache kept by tracking).
+# A keepalive pool of CONNECTIONS per worker, so every request finds an idle connection.
+start_openresty() {
+    local name=$1 port=$2 dir="$out/services/$1" password
+    password=$(. "$STATE_DIR/passwords.env" && echo "$REPLICA_PASSWORD")
+    mkdir -p "$dir"
+    bench_py render "$here/templates/openresty.conf" "$dir/nginx.conf" dir="$dir" port="$port" \
+        lua_dir="$here/openresty" redis_port="$REPLICA_PORT" redis_password="$password" \
+        pool="$CONNECTIONS" cache_entries="$3"
+    "${sut[@]}" nginx -c "$dir/nginx.conf" -e "$dir/error.log" &
+    echo $! >"$out/services/$name.pid"
+    wait_http "http://127.0.0.1:$port/v1/keys/known-key"
+}
+
+start_hyper_fred() {
+    local password
+    password=$(. "$STATE_DIR/passwords.env" && echo "$REPLICA_PASSWORD")
+    "${sut[@]}" "$repo/target/release/hyper-fred-baseline" "127.0.0.1:$hyper_fred_port" \
+        "redis://:$password@127.0.0.1:$REPLICA_PORT" 2>"$out/services/hyper-fred.log" &
+    echo $! >"$out/services/hyper-fred.pid"
+    wait_http "http://127.0.0.1:$hyper_fred_port/v1/keys/known-key"
+}
+
 # The three take turns, ROUNDS times, so that a noisy neighbour on this shared
 # machine hits them alike; the report takes each one's median.
 sidecar_rounds() {
     local round api replica
     api=$(pid_of api) replica=$(pid_of replica)
     for round in $(seq "$ROUNDS"); do
-        say "round $round of $ROUNDS: api, api with its cache, webdis, nginx"
+        say "round $round of $ROUNDS: api, api with its cache, the peers, webdis, nginx"
         bench_py mark "$cpu" api-sidecar-tcp api "$api"
         bench_py mark "$cpu" api-sidecar-tcp replica "$replica"
         measure api-sidecar-tcp "$api_url" "$api"
         bench_py mark "$cpu" api-sidecar-tcp api "$api"
         bench_py mark "$cpu" api-sidecar-tcp replica "$replica"
         measure api-cache-hot "http://127.0.0.1:$cached_port/v1/keys/known-key" "$(<"$out/services/api-cached.pid")"
+        measure openresty-tracking "http://127.0.0.1:$openresty_tracking_port/v1/keys/known-key"
+        measure hyper-fred "http://127.0.0.1:$hyper_fred_port/v1/keys/known-key" "$(<"$out/services/hyper-fred.pid")"
+        measure openresty "http://127.0.0.1:$openresty_port/v1/keys/known-key"
         measure webdis "http://127.0.0.1:$webdis_port/GET/known-key" "$(<"$out/services/webdis.pid")"
         measure nginx-ceiling "http://127.0.0.1:$nginx_port/"
     done
@@ -287,6 +324,9 @@ main() {
     start_webdis
     start_cached_api api-cached "$cached_port" "$cached_admin_port" 16777216
     start_nginx
+    start_openresty openresty "$openresty_port" 0
+    start_openresty openresty-tracking "$openresty_tracking_port" 100000
+    start_hyper_fred
     sidecar_rounds
     redis_benchmark
     replication_cost
@@ -302,6 +342,12 @@ main() {
 
     central
     "$topology" down >/dev/null
+
+    # Counted, not timed: the regression check of make instructions, whose verdict the report gives.
+    say "instructions per request (callgrind): hit and miss"
+    python3 "$here/lib/instructions.py" run "$out/instructions.json" >&2
+    python3 "$here/lib/instructions.py" check "$out/instructions.json" "$here/instructions-baseline.json" \
+        >"$out/instructions.txt" || true
 
     bench_py costs "$out" sut_cpus="\"$SUT_CPUS\"" seconds_per_point="$BENCH_SECONDS" \
         connections="$CONNECTIONS" ladder="\"$LADDER\"" overload_cpu="$OVERLOAD_CPU" \

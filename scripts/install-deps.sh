@@ -29,6 +29,7 @@ package_for() {
         jq) echo jq ;;
         envsubst) echo gettext-base ;;
         taskset) echo util-linux ;;
+        valgrind) echo valgrind ;;
         musl-gcc) echo musl-tools ;;
         aarch64-linux-gnu-gcc) echo gcc-aarch64-linux-gnu ;;
         *) echo "install-deps: no package known for command '$1'" >&2; return 1 ;;

@@ -17,9 +17,18 @@ NAMES = {
     "api-cache-zipf": "API with its value cache: Zipf keyspace larger than the cache",
     "webdis": "webdis on the same replica",
     "nginx-ceiling": "HTTP ceiling: nginx `return 200`",
+    "openresty-tracking": "OpenResty, per-worker cache kept by CLIENT TRACKING BCAST",
+    "openresty": "OpenResty, lua-resty-redis per request (keepalive pool)",
+    "hyper-fred": "minimal hyper 1 + fred 10, current-thread, no cache (baseline)",
     "redis-benchmark": "redis-benchmark GET on the same replica (no HTTP)",
 }
 TARGETS = {"api_vs_webdis": 1.2, "cache_vs_webdis": 2.0, "p99_half_max_ms": 1.0, "rss_mb": 30.0}
+# Issue 29's acceptance: the API against the peers a user would pick instead.
+PEERS = [
+    ("api-cache-hot", "openresty-tracking", 1.05, "API with cache, hot key / OpenResty with its tracking cache"),
+    ("api-sidecar-tcp", "hyper-fred", 1.05, "API without cache / minimal hyper + fred"),
+    ("api-cache-hot", "nginx-ceiling", 0.9, "API with cache, hot key / nginx `return 200`"),
+]
 # Issue 24's acceptance for the API alone past capacity.
 OVERLOAD = {"served_vs_capacity": 0.95, "p99_503_ms": 5.0, "p99_200_vs_half_load": 3.0}
 
@@ -181,6 +190,10 @@ def main(bench):
         f"| API sidecar TCP / HTTP ceiling | {ratio('api-sidecar-tcp', 'nginx-ceiling'):.2f} | |",
         f"| API sidecar TCP / central TLS | {ratio('api-sidecar-tcp', 'api-central-tls'):.2f} | |",
     ]
+    for a, b, target, title in PEERS:
+        if a in points and b in points:
+            value = ratio(a, b)
+            lines.append(f"| {title} | {value:.2f} | ≥ {target} ({verdict(value >= target)}) |")
     if half:
         lines.append(
             f"| p99 at {half_factor:g} × the max rate ({half['offered_rate']:.0f}/s, sidecar), seen by oha "
@@ -217,6 +230,16 @@ def main(bench):
             )
     overload = bench / "overload.jsonl"
     lines += overload_lines(jsonl(overload) if overload.exists() else [], costs)
+    verdicts = bench / "instructions.txt"
+    if verdicts.exists():
+        lines += [
+            "",
+            "The API's instructions per request under callgrind, one worker, sequential requests for `known-key` "
+            "(`make instructions`; baseline and tolerance in `loadtest/instructions-baseline.json`; hit: value "
+            "cache on, miss: cache off, a read of Redis):",
+            "",
+            *(f"- {line}" for line in verdicts.read_text().splitlines()),
+        ]
     lines += [
         "",
         "What a request costs here (CPU time per operation, input to `loadtest/model`):",

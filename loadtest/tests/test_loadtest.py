@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from loadtest import model, replay
-from loadtest.lib import bench, results
+from loadtest.lib import bench, instructions, results
 
 REPO = Path(__file__).resolve().parents[2]
 LOADTEST = REPO / "loadtest"
@@ -240,12 +240,17 @@ def test_quick_bench_produces_every_output():
     assert report.strip() in result.stdout
     rows = ["loopback TCP", "unix socket", "central: master over TLS", "webdis", "nginx", "redis-benchmark"]
     rows += ["value cache, sidecar: the same hot key", "value cache: Zipf keyspace larger than the cache"]
+    rows += ["OpenResty, per-worker cache kept by CLIENT TRACKING", "OpenResty, lua-resty-redis", "hyper 1 + fred 10"]
     for row in rows:
         assert row in report, row
     for ratio in [
         "API sidecar TCP / webdis",
         "API sidecar TCP / HTTP ceiling",
         "API with cache, hot key / webdis",
+        "API with cache, hot key / OpenResty with its tracking cache",
+        "API without cache / minimal hyper + fred",
+        "API with cache, hot key / nginx `return 200`",
+        "instructions per request",
         "hit ratio",
         "p99 at 0.5 × the max rate",
         "peak resident memory",
@@ -281,6 +286,23 @@ def test_quick_bench_produces_every_output():
         for p in os.listdir("/proc")
         if p.isdigit() and Path(f"/proc/{p}/cmdline").exists()
     )
+
+
+def test_the_instruction_check_fails_past_the_tolerance_only():
+    baseline = {"hit": 1000, "miss": 2000, "tolerance": 0.05}
+    lines, ok = instructions.check({"hit": 1049, "miss": 1500}, baseline)
+    assert ok and all(line.endswith("ok") for line in lines), lines
+    lines, ok = instructions.check({"hit": 1051, "miss": 2000}, baseline)
+    assert not ok and lines[0].endswith("REGRESSION") and lines[1].endswith("ok"), lines
+
+
+@pytest.mark.load
+def test_instructions_per_request_within_the_baseline(tmp_path):
+    """callgrind's count of the API's hit and miss paths against the committed baseline."""
+    result = run([LOADTEST / "instructions.sh", tmp_path / "result.json"], timeout=600)
+    assert "hit:" in result.stdout and "miss:" in result.stdout
+    measured = json.loads((tmp_path / "result.json").read_text())
+    assert 0 < measured["hit"] < measured["miss"], measured
 
 
 def test_model_reproduces_the_original_experiment():

@@ -4,7 +4,6 @@
 use std::{
     collections::hash_map::RandomState,
     hash::{BuildHasher, Hasher},
-    io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
         OnceLock,
@@ -30,23 +29,39 @@ fn acceptable(value: &HeaderValue) -> bool {
 }
 
 /// `<random per process>-<counter>`: unique across pods without a random
-/// draw per request, and written on the stack.
+/// draw per request, and written on the stack without the formatting
+/// machinery (the prefix is rendered once, the counter's digits by hand).
 fn new_id() -> HeaderValue {
-    static PREFIX: OnceLock<String> = OnceLock::new();
+    static PREFIX: OnceLock<[u8; 17]> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix =
-        PREFIX.get_or_init(|| format!("{:016x}", RandomState::new().build_hasher().finish()));
-    let mut id = [0u8; 40];
-    let mut unwritten = &mut id[..];
-    write!(
-        unwritten,
-        "{prefix}-{}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-    .expect("16 hex digits, a dash and a u64 fit in 40 bytes");
-    let len = 40 - unwritten.len();
+    let prefix = PREFIX.get_or_init(|| {
+        let mut prefix = [b'-'; 17];
+        let random = format!("{:016x}", RandomState::new().build_hasher().finish());
+        prefix[..16].copy_from_slice(random.as_bytes());
+        prefix
+    });
+    let mut id = [0u8; 17 + 20];
+    id[..17].copy_from_slice(prefix);
+    let len = 17 + write_decimal(&mut id[17..], NEXT.fetch_add(1, Ordering::Relaxed));
     HeaderValue::from_bytes(&id[..len])
         .expect("hex digits, a dash and digits are a valid header value")
+}
+
+/// Writes `n` in decimal at the start of `out` (20 bytes hold any u64); its length.
+fn write_decimal(out: &mut [u8], mut n: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - start;
+    out[..len].copy_from_slice(&digits[start..]);
+    len
 }
 
 pub async fn request_id<B: MessageBody>(
@@ -76,6 +91,19 @@ mod tests {
         let (a, b) = (new_id(), new_id());
         assert_ne!(a, b);
         assert!(acceptable(&a) && acceptable(&b), "{a:?}");
+    }
+
+    #[test]
+    fn counters_are_written_in_decimal() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut out = [0u8; 20];
+            let len = write_decimal(&mut out, n);
+            assert_eq!(&out[..len], n.to_string().as_bytes());
+        }
+        let id = new_id();
+        let (prefix, counter) = id.to_str().unwrap().split_once('-').unwrap();
+        assert!(prefix.len() == 16 && prefix.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(counter.parse::<u64>().is_ok(), "{id:?}");
     }
 
     #[test]
