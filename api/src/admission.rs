@@ -437,6 +437,7 @@ mod tests {
             max_in_flight: max,
             min_in_flight: min,
             queue: Duration::from_millis(2),
+            max_connections: 1,
         };
         (Limiter::new(settings, metrics.admission.clone()), metrics)
     }

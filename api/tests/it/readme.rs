@@ -83,6 +83,7 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
         "ADMISSION_MAX_IN_FLIGHT" => settings.admission.max_in_flight.to_string(),
         "ADMISSION_MIN_IN_FLIGHT" => settings.admission.min_in_flight.to_string(),
         "ADMISSION_QUEUE_MS" => millis(settings.admission.queue),
+        "ADMISSION_MAX_CONNECTIONS" => settings.admission.max_connections.to_string(),
         other => panic!(
             "docs/configuration.md documents {other}, which this test does not know: add it here"
         ),
