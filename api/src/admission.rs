@@ -19,7 +19,8 @@
 //! proportion, at most by half per window; otherwise it grows by its square
 //! root per window, back up to `ADMISSION_MAX_IN_FLIGHT`.
 //!
-//! A worker short of CPU neither lowers its bound nor refuses anything: its
+//! A worker short of CPU, whether its bound is fixed or adaptive, neither
+//! lowers its bound nor refuses anything: its
 //! runtime was busy for most of the last window, the container's CPU limit
 //! throttled it (`nr_throttled` in its cgroup's `cpu.stat` went up), or a
 //! timer on its event loop (every 10 ms) fired late by a quarter of the mean
@@ -107,7 +108,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         let limiter = (self.settings.mode != AdmissionMode::Off)
             .then(|| Rc::new(Limiter::new(self.settings, self.metrics.clone())));
-        if let Some(limiter) = limiter.as_ref().filter(|l| l.adaptive) {
+        if let Some(limiter) = limiter.as_ref() {
             // On the worker's own thread: actix builds each worker's services there.
             tokio::task::spawn_local(probe(Rc::downgrade(limiter)));
         }
@@ -289,12 +290,10 @@ impl Limiter {
             baseline: Cell::new(f64::INFINITY),
             metrics,
         };
-        if limiter.adaptive {
-            limiter.cpu_stat = cpu_stat();
-            limiter
-                .window_throttled
-                .set(throttled(limiter.cpu_stat.as_deref()));
-        }
+        limiter.cpu_stat = cpu_stat();
+        limiter
+            .window_throttled
+            .set(throttled(limiter.cpu_stat.as_deref()));
         limiter.metrics.limit.add(i64::from(settings.max_in_flight));
         limiter
     }
@@ -314,7 +313,7 @@ impl Limiter {
         }
         self.metrics.admitted.inc();
         self.metrics.in_flight.inc();
-        Ok(self.adaptive.then(Instant::now))
+        Ok(Some(Instant::now()))
     }
 
     /// Gives a place back, with the request's start time if it was answered.
@@ -347,6 +346,12 @@ impl Limiter {
     }
 
     fn end_window(&self, mean: f64, starved: bool) {
+        if !self.adaptive {
+            // A fixed bound stays where it is; only its refusals stop while the
+            // worker is short of CPU, where each would take an answer's place.
+            self.starved.set(starved);
+            return;
+        }
         let baseline = (self.baseline.get() * (1.0 + BASELINE_DRIFT)).min(mean);
         self.baseline.set(baseline);
         let target = TOLERANCE * baseline + self.queue;
@@ -445,8 +450,7 @@ mod tests {
     #[test]
     fn a_worker_admits_up_to_its_bound_and_sheds_the_rest_by_reason() {
         let (limiter, metrics) = limiter(AdmissionMode::Fixed, 2, 2);
-        let first = limiter.admit().unwrap();
-        assert_eq!(first, None, "a fixed bound takes no time");
+        limiter.admit().unwrap();
         limiter.admit().unwrap();
         assert!(limiter.admit().is_err());
         assert_eq!(metrics.admission.shed[0].get(), 1, "shed at max_in_flight");
