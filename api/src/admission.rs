@@ -250,9 +250,6 @@ pub struct Limiter {
     window_peak: Cell<u32>,
     /// The worker's runtime's busy time when the window opened.
     window_busy: Cell<Duration>,
-    /// The container's `cpu.stat`, where the kernel counts the periods in
-    /// which the CPU limit stopped it; `None` without a CPU controller.
-    cpu_stat: Option<PathBuf>,
     /// Its `nr_throttled` when the window opened.
     window_throttled: Cell<u64>,
     /// The latest the worker's probe fired during the window.
@@ -270,7 +267,7 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(settings: AdmissionSettings, metrics: AdmissionMetrics) -> Self {
         let max = f64::from(settings.max_in_flight);
-        let mut limiter = Self {
+        let limiter = Self {
             adaptive: settings.mode == AdmissionMode::Adaptive,
             max,
             min: f64::from(settings.min_in_flight),
@@ -280,8 +277,7 @@ impl Limiter {
             in_flight: Cell::new(0),
             window_peak: Cell::new(0),
             window_busy: Cell::new(busy_time()),
-            cpu_stat: None,
-            window_throttled: Cell::new(0),
+            window_throttled: Cell::new(throttled()),
             window_lag: Cell::new(Duration::ZERO),
             starved: Cell::new(false),
             window_start: Cell::new(Instant::now()),
@@ -290,10 +286,6 @@ impl Limiter {
             baseline: Cell::new(f64::INFINITY),
             metrics,
         };
-        limiter.cpu_stat = cpu_stat();
-        limiter
-            .window_throttled
-            .set(throttled(limiter.cpu_stat.as_deref()));
         limiter.metrics.limit.add(i64::from(settings.max_in_flight));
         limiter
     }
@@ -330,7 +322,7 @@ impl Limiter {
                 .saturating_sub(self.window_busy.replace(busy))
                 .as_secs_f64()
                 / now.duration_since(self.window_start.get()).as_secs_f64();
-            let periods = throttled(self.cpu_stat.as_deref());
+            let periods = throttled();
             let throttled = periods > self.window_throttled.replace(periods);
             let mean = sum / f64::from(samples);
             let late = self.window_lag.replace(Duration::ZERO).as_secs_f64() >= mean * LATE_SHARE;
@@ -411,8 +403,11 @@ fn throttled_in(file: &Path) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn throttled(file: Option<&Path>) -> u64 {
-    file.and_then(throttled_in).unwrap_or(0)
+/// The container's throttled periods, found anew each window: a process moved
+/// into its cgroup after it started (as `make bench` does) is counted there.
+/// Two small reads every [`WINDOW`].
+fn throttled() -> u64 {
+    cpu_stat().as_deref().and_then(throttled_in).unwrap_or(0)
 }
 
 /// How long this thread's runtime has been busy (not parked) since it started;
