@@ -149,7 +149,8 @@ pub enum AdmissionMode {
     Off,
 }
 
-/// `ADMISSION`, `ADMISSION_MAX_IN_FLIGHT`, `ADMISSION_MIN_IN_FLIGHT`, `ADMISSION_QUEUE_MS`.
+/// `ADMISSION`, `ADMISSION_MAX_IN_FLIGHT`, `ADMISSION_MIN_IN_FLIGHT`, `ADMISSION_QUEUE_MS`,
+/// `ADMISSION_MAX_CONNECTIONS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionSettings {
     pub mode: AdmissionMode,
@@ -160,6 +161,9 @@ pub struct AdmissionSettings {
     /// The wait, on top of twice the latency seen without load, that the
     /// adaptive bound accepts before it goes down.
     pub queue: Duration,
+    /// Per worker: connections open at once; past them the listener stops
+    /// accepting and new connections wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// The environment as envy reads it: every variable optional and still text, so
@@ -198,6 +202,7 @@ struct RawSettings {
     watch_max_keys: Option<String>,
     watch_heartbeat_seconds: Option<String>,
     watch_history: Option<String>,
+    admission_max_connections: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -298,6 +303,7 @@ impl Settings {
             raw.admission_max_in_flight,
             raw.admission_min_in_flight,
             raw.admission_queue_ms,
+            raw.admission_max_connections,
         )?;
         // 1000 streams: each holds a socket, a task and two small queues
         // (kilobytes), and every change of a watched key is read once
@@ -415,10 +421,11 @@ fn admission(
     max_in_flight: Option<String>,
     min_in_flight: Option<String>,
     queue_ms: Option<String>,
+    max_connections: Option<String>,
 ) -> Result<AdmissionSettings, ConfigError> {
     let mode = match mode.as_deref().map(str::trim) {
-        None | Some("adaptive") => AdmissionMode::Adaptive,
-        Some("fixed") => AdmissionMode::Fixed,
+        Some("adaptive") => AdmissionMode::Adaptive,
+        None | Some("fixed") => AdmissionMode::Fixed,
         Some("off") => AdmissionMode::Off,
         Some(other) => {
             return Err(ConfigError::new(
@@ -453,17 +460,26 @@ fn admission(
         0..=60_000,
         DEFAULT_ADMISSION_QUEUE_MS,
     )?);
+    let max_connections = number(
+        "ADMISSION_MAX_CONNECTIONS",
+        max_connections,
+        1..=MAX_IN_FLIGHT as usize,
+        DEFAULT_ADMISSION_MAX_CONNECTIONS,
+    )?;
     Ok(AdmissionSettings {
         mode,
         max_in_flight,
         min_in_flight,
         queue,
+        max_connections,
     })
 }
 
 pub const DEFAULT_ADMISSION_MAX_IN_FLIGHT: u32 = 256;
 pub const DEFAULT_ADMISSION_MIN_IN_FLIGHT: u32 = 8;
 pub const DEFAULT_ADMISSION_QUEUE_MS: u64 = 100;
+/// actix-server's own default: no bound a client pool would meet.
+pub const DEFAULT_ADMISSION_MAX_CONNECTIONS: usize = 25_600;
 const MAX_IN_FLIGHT: u32 = 1 << 20;
 
 /// Redis strings end at 512 MiB.
@@ -657,10 +673,11 @@ mod tests {
         assert_eq!(
             s.admission,
             AdmissionSettings {
-                mode: AdmissionMode::Adaptive,
+                mode: AdmissionMode::Fixed,
                 max_in_flight: DEFAULT_ADMISSION_MAX_IN_FLIGHT,
                 min_in_flight: DEFAULT_ADMISSION_MIN_IN_FLIGHT,
                 queue: Duration::from_millis(DEFAULT_ADMISSION_QUEUE_MS),
+                max_connections: DEFAULT_ADMISSION_MAX_CONNECTIONS,
             }
         );
     }
@@ -687,6 +704,10 @@ mod tests {
             err.problem.contains("ADMISSION_MAX_IN_FLIGHT (16)"),
             "{err}"
         );
+        let s = settings(&[("ADMISSION_MAX_CONNECTIONS", "64")]).unwrap();
+        assert_eq!(s.admission.max_connections, 64);
+        let err = settings(&[("ADMISSION_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(err.variable, "ADMISSION_MAX_CONNECTIONS");
     }
 
     #[test]

@@ -124,6 +124,9 @@ impl Application {
                     .configure(|cfg| routes::configure(cfg, state, &metrics))
             })
             .workers(settings.workers)
+            // Past it a worker stops accepting: new connections wait in the
+            // kernel, at no cost to the worker (see docs/overload.md).
+            .max_connections(settings.admission.max_connections)
             .shutdown_timeout(grace_seconds)
             .disable_signals()
             .listen(public_listener)

@@ -1,7 +1,8 @@
 //! Admission control on the real binary and a real redis-server: a slow
 //! Redis lowers the bound, the excess is refused at once, and the bound comes
 //! back afterwards; an API short of CPU keeps serving at capacity; a fixed
-//! bound refuses past it with 503 `overloaded`.
+//! bound refuses past it with 503 `overloaded`; past its connection bound a
+//! worker leaves new connections waiting in the kernel.
 
 use std::{
     path::PathBuf,
@@ -212,6 +213,7 @@ async fn a_burst_past_a_cpu_limited_apis_capacity_keeps_it_serving_at_capacity()
     redis.cli(&["SET", "hot", "value"]);
     // Half a core: the test's own client, on the same cores, outruns it.
     let cpu = CpuLimit::new(500);
+    // The default, fixed bound: 400 clients take a worker past it.
     let api = api_for(&redis, &[]);
     cpu.add(api.pid());
     api.wait_ready().await;
@@ -276,7 +278,7 @@ async fn a_burst_past_a_cpu_limited_apis_capacity_keeps_it_serving_at_capacity()
 async fn a_slow_redis_lowers_the_bound_and_it_comes_back_when_redis_recovers() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
     redis.cli(&["SET", "hot", "value"]);
-    let api = api_for(&redis, &[]);
+    let api = api_for(&redis, &[("ADMISSION", "adaptive")]);
     api.wait_ready().await;
     let load = {
         let base = api.base.clone();
@@ -347,5 +349,54 @@ async fn a_fixed_bound_sheds_past_it_and_off_admits_everything() {
     assert_eq!(
         metric_value(&text, "read_api_admission_admitted_total"),
         Some(0.0)
+    );
+}
+
+/// One request on a fresh connection, written by hand: reqwest would pool it.
+fn raw_get(api: &ApiProcess, path: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+}
+
+/// The status line of the answer, if one comes within `within`.
+fn status_within(stream: &mut std::net::TcpStream, within: Duration) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 512];
+    let n = stream.read(&mut buffer).ok()?;
+    let text = String::from_utf8_lossy(&buffer[..n]);
+    text.lines().next().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_connection_bound_a_worker_leaves_new_connections_to_the_kernel() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "hot", "value"]);
+    let api = api_for(&redis, &[("ADMISSION_MAX_CONNECTIONS", "2")]);
+    api.wait_ready().await;
+
+    let mut first = raw_get(&api, "/v1/keys/hot");
+    let mut second = raw_get(&api, "/v1/keys/hot");
+    for stream in [&mut first, &mut second] {
+        let status = status_within(stream, Duration::from_secs(5));
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+    }
+    // Connected (the kernel completed the handshake) but never read.
+    let mut third = raw_get(&api, "/v1/keys/hot");
+    assert_eq!(
+        status_within(&mut third, Duration::from_millis(500)),
+        None,
+        "a third connection waits while two are open"
+    );
+    drop(first);
+    let status = status_within(&mut third, Duration::from_secs(5));
+    assert_eq!(
+        status.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "accepted once a place is free"
     );
 }

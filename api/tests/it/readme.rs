@@ -84,6 +84,7 @@ fn default_in_code(settings: &Settings, variable: &str) -> String {
         "ADMISSION_MAX_IN_FLIGHT" => settings.admission.max_in_flight.to_string(),
         "ADMISSION_MIN_IN_FLIGHT" => settings.admission.min_in_flight.to_string(),
         "ADMISSION_QUEUE_MS" => millis(settings.admission.queue),
+        "ADMISSION_MAX_CONNECTIONS" => settings.admission.max_connections.to_string(),
         "POSITION_MAX_WAIT_MS" => millis(settings.position_max_wait),
         "WATCH_MAX_WATCHERS" => settings.watch.max_watchers.to_string(),
         "WATCH_MAX_KEYS" => settings.watch.max_keys.to_string(),
