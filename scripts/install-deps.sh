@@ -30,6 +30,7 @@ package_for() {
         envsubst) echo gettext-base ;;
         taskset) echo util-linux ;;
         musl-gcc) echo musl-tools ;;
+        c++) echo g++ ;;
         aarch64-linux-gnu-gcc) echo gcc-aarch64-linux-gnu ;;
         *) echo "install-deps: no package known for command '$1'" >&2; return 1 ;;
     esac

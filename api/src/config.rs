@@ -194,6 +194,16 @@ impl Settings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::parse(vars, &|path| std::fs::read_to_string(path))
+    }
+
+    /// [`Settings::from_vars`] with the one file it reads (`REDIS_PASSWORD_FILE`)
+    /// read by `read_file`: a pure function of its input, for the fuzz target
+    /// (fuzz/fuzz_targets/config.rs).
+    pub fn parse(
+        vars: impl IntoIterator<Item = (String, String)>,
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
         // Empty values count as unset: manifests and shells often export `VAR=`.
         let vars: HashMap<String, String> = vars
             .into_iter()
@@ -201,13 +211,16 @@ impl Settings {
             .collect();
         let raw: RawSettings =
             envy::from_iter(vars).map_err(|e| ConfigError::new("environment", e.to_string()))?;
-        Self::validate(raw)
+        Self::validate(raw, read_file)
     }
 
-    fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
+    fn validate(
+        raw: RawSettings,
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
         let mut redis = parse_redis_url(raw.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL))?;
         if let Some(path) = raw.redis_password_file {
-            redis.password = Some(password_file(&redis, &path)?);
+            redis.password = Some(password_file(&redis, &path, read_file)?);
         }
         let redis_ca_file = match (raw.redis_ca_file, redis.tls) {
             (Some(path), true) => Some(PathBuf::from(path)),
@@ -493,7 +506,11 @@ fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
 
 /// The first line of the file at `path`: a Secret's key mounted as a file, so that the
 /// password is in neither the environment nor the pod spec.
-fn password_file(redis: &RedisTarget, path: &str) -> Result<Password, ConfigError> {
+fn password_file(
+    redis: &RedisTarget,
+    path: &str,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<Password, ConfigError> {
     let variable = "REDIS_PASSWORD_FILE";
     let in_url =
         fred::types::config::Config::from_url(&redis.url).is_ok_and(|c| c.password.is_some());
@@ -503,7 +520,7 @@ fn password_file(redis: &RedisTarget, path: &str) -> Result<Password, ConfigErro
             format!("REDIS_URL ({redis}) carries a password too: give it in one place only"),
         ));
     }
-    let text = std::fs::read_to_string(path)
+    let text = read_file(path)
         .map_err(|e| ConfigError::new(variable, format!("cannot read {path}: {e}")))?;
     let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if password.is_empty() {

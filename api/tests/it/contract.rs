@@ -481,3 +481,29 @@ fn the_http_reference_agrees_with_the_document() {
         "docs/http-api.md: name the codes {missing:?} as \"<status> `code`\"; {extra:?} are answered by no ApiError"
     );
 }
+
+/// The limits the document states are the code's defaults: schemathesis
+/// found a key of 300 characters accepted where the document said 256.
+#[test]
+fn the_documented_limits_are_the_defaults() {
+    let doc = document();
+    let settings = read_api::config::Settings::from_vars(Vec::new()).unwrap();
+    let key = &doc["components"]["parameters"]["Key"]["schema"];
+    let keys = &doc["components"]["parameters"]["Keys"]["schema"];
+    assert_eq!(
+        key["maxLength"], settings.max_key_bytes,
+        "Key maxLength is MAX_KEY_BYTES"
+    );
+    assert_eq!(
+        keys["items"]["maxLength"], settings.max_key_bytes,
+        "Keys items maxLength is MAX_KEY_BYTES"
+    );
+    assert_eq!(
+        keys["maxItems"], settings.max_batch_keys,
+        "Keys maxItems is MAX_BATCH_KEYS"
+    );
+    assert_eq!(
+        (key["minLength"].as_u64(), keys["minItems"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
