@@ -164,6 +164,7 @@ build: ## Build the API in release mode (target/release/read-api).
 .PHONY: fmt
 fmt: venv ## Format the Rust and Python code.
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 	.venv/bin/ruff format .
 
 .PHONY: lint
@@ -172,6 +173,7 @@ lint: lint-rust lint-shell lint-python ## Lint every language in the tree: Rust,
 .PHONY: lint-rust
 lint-rust: ## rustfmt check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: lint-shell

@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .find(|(name, _)| name == "FUZZ_FILE")
         .map(|(_, text)| text.clone());
-    let read = move |_: &str| file.clone().ok_or_else(|| std::io::Error::other("no such file"));
+    let read = move |_: &str| {
+        file.clone()
+            .ok_or_else(|| std::io::Error::other("no such file"))
+    };
     match Settings::parse(vars, &read) {
         Ok(settings) => {
             assert!(settings.workers >= 1 && settings.max_key_bytes >= 1);

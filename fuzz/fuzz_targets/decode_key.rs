@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let max = usize::from(flags >> 1) + 1;
     match decode_key(encoded, plus_is_space, max) {
         Ok(key) => {
-            assert!(!key.is_empty() && key.len() <= max, "{encoded:?} -> {key:?}");
+            assert!(
+                !key.is_empty() && key.len() <= max,
+                "{encoded:?} -> {key:?}"
+            );
             let escapes = encoded.contains('%') || (plus_is_space && encoded.contains('+'));
             if !escapes {
                 assert_eq!(key, encoded);
