@@ -18,10 +18,21 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
-        Self {
-            variable,
-            problem: problem.into(),
-        }
+        let problem = problem.into();
+        // The values quoted come from the environment and may hold a newline
+        // (the config fuzz target found one): the message stays one line.
+        let problem = if problem.contains(char::is_control) {
+            problem
+                .chars()
+                .map(|c| match c.is_control() {
+                    true => c.escape_debug().to_string(),
+                    false => c.to_string(),
+                })
+                .collect()
+        } else {
+            problem
+        };
+        Self { variable, problem }
     }
 }
 
@@ -726,6 +737,23 @@ mod tests {
         ])
         .unwrap();
         assert!(s.redis.tls);
+    }
+
+    /// From the config fuzz target: a path with a newline made a two-line message.
+    #[test]
+    fn a_value_with_a_newline_is_refused_on_one_line() {
+        for (variable, value) in [
+            ("REDIS_PASSWORD_FILE", "/no/such\nfile"),
+            ("LOG_FORMAT", "json\r\ntext"),
+            ("WORKERS", "1\n2"),
+            ("LISTEN_ADDR", "\u{14}0.0.0.0:1"),
+        ] {
+            let err = settings(&[(variable, value)]).unwrap_err();
+            let line = err.to_string();
+            assert_eq!(err.variable, variable, "{line}");
+            assert!(!line.contains(char::is_control), "{line:?}");
+            assert!(line.contains(&value.escape_debug().to_string()), "{line:?}");
+        }
     }
 
     #[test]
