@@ -53,10 +53,10 @@ main() {
 # "N execs (N/s), cov N, ft N, corpus N" from libFuzzer's last status line and final stats.
 stats() {
     local done_line execs rate
-    done_line=$(grep -E '^#[0-9]+ +DONE' "$1" | tail -n 1)
+    done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$1" | tail -n 1 || true)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$1")
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$1")
-    echo "$execs execs ($rate/s), $(sed -E 's/^#[0-9]+ +DONE +//; s/ +exec\/s.*//' <<<"$done_line"), 0 crashes"
+    echo "$execs execs ($rate/s), $(sed -E 's/^#[0-9]+[[:space:]]+DONE[[:space:]]+//; s/[[:space:]]+exec\/s.*//' <<<"$done_line"), 0 crashes"
 }
 
 main "$@"
