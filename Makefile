@@ -54,7 +54,8 @@ help: ## Show this help.
 # kubernetes-validate) by pyproject.toml; Debian's packages are its release's.
 OHA_VERSION ?= 1.16.0
 KUBECTL_VERSION ?= 1.37.1
-export OHA_VERSION KUBECTL_VERSION
+CARGO_FUZZ_VERSION ?= 0.13.2
+export OHA_VERSION KUBECTL_VERSION CARGO_FUZZ_VERSION
 
 # .venv/bin last on PATH: a tool installed there (kubectl) serves only where
 # the machine has none of its own.
@@ -72,6 +73,12 @@ venv: ## Create .venv: the kit's Python package (pyproject.toml) installed edita
 kubectl: venv ## kubectl for `kubectl kustomize` where the machine has none: KUBECTL_VERSION into .venv/bin.
 	@scripts/install-kubectl.sh
 
+.PHONY: cargo-fuzz
+cargo-fuzz: ## Install cargo-fuzz CARGO_FUZZ_VERSION into ~/.cargo/bin (compiles for about 2 minutes, once).
+	@if [[ "$$($(HOME)/.cargo/bin/cargo-fuzz --version 2>/dev/null)" != "cargo-fuzz $(CARGO_FUZZ_VERSION)" ]]; then \
+		$(CARGO) install --locked --version $(CARGO_FUZZ_VERSION) cargo-fuzz; \
+	fi
+
 .PHONY: oha
 oha: ## Install oha OHA_VERSION, the stand-in for vegeta, into ~/.cargo/bin (compiles for about 6 minutes, once).
 	@loadtest/install-oha.sh
@@ -85,7 +92,7 @@ test: test-fast test-e2e ## Every test, as CI runs it (.ci/run): test-fast, then
 # they run side by side; their installs are done first, so no two apt-gets meet.
 .PHONY: test-fast
 test-fast: lint test-deps ## No containers: lint, manifests, Rust unit and in-process tests, the load-test kit's unit tests.
-	@$(MAKE) -j4 --output-sync=target test-manifests test-rust test-loadtest
+	@$(MAKE) -j4 --output-sync=target test-manifests test-rust test-loadtest test-contract test-fuzz
 
 .PHONY: test-e2e
 test-e2e: ## podman (take flock /tmp/podman.lock): e2e, a small scale run, a quick replay; and the oha ladders and quick bench.
@@ -126,6 +133,22 @@ test-rust: deps ## Unit and integration tests of the API and the local topology.
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+.PHONY: test-contract
+test-contract: deps venv ## schemathesis, every check, against the API binary on a real redis-server, from api/openapi.yaml.
+	$(CARGO) build --locked -p read-api --bin read-api
+	.venv/bin/pytest -q api/tests/contract
+
+FUZZ_SECONDS ?= 600
+FUZZ_QUICK_SECONDS ?= 20
+
+.PHONY: test-fuzz
+test-fuzz: cargo-fuzz ## Each cargo-fuzz target for FUZZ_QUICK_SECONDS (20), as make test runs it.
+	@scripts/fuzz.sh $(FUZZ_QUICK_SECONDS)
+
+.PHONY: fuzz
+fuzz: cargo-fuzz ## Each cargo-fuzz target (fuzz/) for FUZZ_SECONDS (600): key and query decoding, the configuration parser.
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 .PHONY: test-loadtest
 test-loadtest: kubectl ## The load-test kit without load: result formats, model, replay arithmetic, templates, cluster Jobs.
@@ -170,6 +193,7 @@ build: ## Build the API in release mode (target/release/read-api).
 .PHONY: fmt
 fmt: venv ## Format the Rust and Python code.
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 	.venv/bin/ruff format .
 
 .PHONY: lint
@@ -178,6 +202,7 @@ lint: lint-rust lint-shell lint-python ## Lint every language in the tree: Rust,
 .PHONY: lint-rust
 lint-rust: ## rustfmt check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: lint-shell

@@ -31,6 +31,7 @@ package_for() {
         taskset) echo util-linux ;;
         valgrind) echo valgrind ;;
         musl-gcc) echo musl-tools ;;
+        c++) echo g++ ;;
         aarch64-linux-gnu-gcc) echo gcc-aarch64-linux-gnu ;;
         *) echo "install-deps: no package known for command '$1'" >&2; return 1 ;;
     esac

@@ -1,12 +1,13 @@
-//! The admin listener: probes and metrics, apart from public traffic so that a
-//! saturated public port cannot fail the probes, and metrics are not public.
+//! The admin listener: probes, metrics and the HTTP contract, apart from
+//! public traffic so that a saturated public port cannot fail the probes, and
+//! metrics are not public.
 
 use actix_web::{http::header::ContentType, web, HttpResponse};
 use serde_json::json;
 
 use std::sync::Arc;
 
-use crate::{cache::ValueCache, metrics::Metrics, replica::Readiness};
+use crate::{cache::ValueCache, error::ApiError, metrics::Metrics, replica::Readiness};
 
 pub struct AdminState {
     pub readiness: Readiness,
@@ -14,26 +15,50 @@ pub struct AdminState {
     pub cache: Option<Arc<ValueCache>>,
 }
 
+/// The OpenAPI 3.1 document of both listeners, compiled in so that what is
+/// served is the file in the repository (api/tests/it/contract.rs keeps the
+/// file equal to the code).
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+type Handler = fn(&AdminState) -> HttpResponse;
+
+/// Every admin route, GET and HEAD: the one table they are registered from,
+/// which the 404 message and the contract test read too.
+pub const ROUTES: [(&str, Handler); 4] = [
+    ("/livez", livez),
+    ("/readyz", readyz),
+    ("/metrics", metrics),
+    ("/openapi.yaml", openapi),
+];
+
 pub fn configure(cfg: &mut web::ServiceConfig, state: AdminState) {
-    cfg.app_data(web::Data::new(state))
-        .route("/livez", web::get().to(livez))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .default_service(web::to(|| async {
-            HttpResponse::NotFound().json(json!({
-                "error": "not_found",
-                "message": "admin routes are /livez, /readyz and /metrics"
-            }))
-        }));
+    cfg.app_data(web::Data::new(state));
+    for (path, handler) in ROUTES {
+        let answer = move |state: web::Data<AdminState>| async move { handler(&state) };
+        cfg.service(
+            web::resource(path)
+                .route(web::get().to(answer))
+                .route(web::head().to(answer))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+                })),
+        );
+    }
+    let paths: Vec<&str> = ROUTES.iter().map(|(path, _)| *path).collect();
+    let message = format!("admin routes are {}", paths.join(", "));
+    cfg.default_service(web::to(move || {
+        let message = message.clone();
+        async move { HttpResponse::NotFound().json(json!({ "error": "not_found", "message": message })) }
+    }));
 }
 
 /// Alive while the process can answer: Redis trouble is readiness's business,
 /// and restarting the API would not fix it.
-async fn livez() -> HttpResponse {
+fn livez(_: &AdminState) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "alive" }))
 }
 
-async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
+fn readyz(state: &AdminState) -> HttpResponse {
     match state.readiness.current() {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Err(why) => HttpResponse::ServiceUnavailable()
@@ -41,7 +66,7 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+fn metrics(state: &AdminState) -> HttpResponse {
     if let Some(cache) = &state.cache {
         cache.publish();
     }
@@ -52,4 +77,14 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
                 .expect("valid mime"),
         ))
         .body(state.metrics.render())
+}
+
+fn openapi(_: &AdminState) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType(
+            "application/yaml; charset=utf-8"
+                .parse()
+                .expect("valid mime"),
+        ))
+        .body(OPENAPI)
 }

@@ -18,10 +18,21 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
-        Self {
-            variable,
-            problem: problem.into(),
-        }
+        let problem = problem.into();
+        // The values quoted come from the environment and may hold a newline
+        // (the config fuzz target found one): the message stays one line.
+        let problem = if problem.contains(char::is_control) {
+            problem
+                .chars()
+                .map(|c| match c.is_control() {
+                    true => c.escape_debug().to_string(),
+                    false => c.to_string(),
+                })
+                .collect()
+        } else {
+            problem
+        };
+        Self { variable, problem }
     }
 }
 
@@ -224,6 +235,16 @@ impl Settings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::parse(vars, &|path| std::fs::read_to_string(path))
+    }
+
+    /// [`Settings::from_vars`] with the one file it reads (`REDIS_PASSWORD_FILE`)
+    /// read by `read_file`: a pure function of its input, for the fuzz target
+    /// (fuzz/fuzz_targets/config.rs).
+    pub fn parse(
+        vars: impl IntoIterator<Item = (String, String)>,
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
         // Empty values count as unset: manifests and shells often export `VAR=`.
         let vars: HashMap<String, String> = vars
             .into_iter()
@@ -231,13 +252,16 @@ impl Settings {
             .collect();
         let raw: RawSettings =
             envy::from_iter(vars).map_err(|e| ConfigError::new("environment", e.to_string()))?;
-        Self::validate(raw)
+        Self::validate(raw, read_file)
     }
 
-    fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
+    fn validate(
+        raw: RawSettings,
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
         let mut redis = parse_redis_url(raw.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL))?;
         if let Some(path) = raw.redis_password_file {
-            redis.password = Some(password_file(&redis, &path)?);
+            redis.password = Some(password_file(&redis, &path, read_file)?);
         }
         let redis_ca_file = match (raw.redis_ca_file, redis.tls) {
             (Some(path), true) => Some(PathBuf::from(path)),
@@ -573,7 +597,11 @@ fn parse_redis_url(url: &str) -> Result<RedisTarget, ConfigError> {
 
 /// The first line of the file at `path`: a Secret's key mounted as a file, so that the
 /// password is in neither the environment nor the pod spec.
-fn password_file(redis: &RedisTarget, path: &str) -> Result<Password, ConfigError> {
+fn password_file(
+    redis: &RedisTarget,
+    path: &str,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<Password, ConfigError> {
     let variable = "REDIS_PASSWORD_FILE";
     let in_url =
         fred::types::config::Config::from_url(&redis.url).is_ok_and(|c| c.password.is_some());
@@ -583,7 +611,7 @@ fn password_file(redis: &RedisTarget, path: &str) -> Result<Password, ConfigErro
             format!("REDIS_URL ({redis}) carries a password too: give it in one place only"),
         ));
     }
-    let text = std::fs::read_to_string(path)
+    let text = read_file(path)
         .map_err(|e| ConfigError::new(variable, format!("cannot read {path}: {e}")))?;
     let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if password.is_empty() {
@@ -805,6 +833,23 @@ mod tests {
         ])
         .unwrap();
         assert!(s.redis.tls);
+    }
+
+    /// From the config fuzz target: a path with a newline made a two-line message.
+    #[test]
+    fn a_value_with_a_newline_is_refused_on_one_line() {
+        for (variable, value) in [
+            ("REDIS_PASSWORD_FILE", "/no/such\nfile"),
+            ("LOG_FORMAT", "json\r\ntext"),
+            ("WORKERS", "1\n2"),
+            ("LISTEN_ADDR", "\u{14}0.0.0.0:1"),
+        ] {
+            let err = settings(&[(variable, value)]).unwrap_err();
+            let line = err.to_string();
+            assert_eq!(err.variable, variable, "{line}");
+            assert!(!line.contains(char::is_control), "{line:?}");
+            assert!(line.contains(&value.escape_debug().to_string()), "{line:?}");
+        }
     }
 
     #[test]

@@ -68,6 +68,34 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// One of every kind of error, for the tests that keep the HTTP contract
+    /// (api/openapi.yaml, docs/http-api.md) equal to the code. The match in
+    /// `every_kind_is_in_examples` below fails to compile when a variant is
+    /// added without its example here.
+    pub fn examples() -> Vec<ApiError> {
+        let fred = || fred::error::Error::new(fred::error::ErrorKind::Unknown, "example");
+        vec![
+            Self::BadKey("example".into()),
+            Self::BadRequest("example".into()),
+            Self::KeyNotFound("example".into()),
+            Self::RouteNotFound,
+            Self::MethodNotAllowed,
+            Self::WrongType("example".into()),
+            Self::ValueNotUtf8("example".into()),
+            Self::ValueTooLarge {
+                key: "example".into(),
+                max: 1,
+            },
+            Self::ResponseTooLarge { max: 1 },
+            Self::Unavailable(StoreError::Unavailable {
+                kind: "timeout",
+                source: fred(),
+            }),
+            Self::BadGateway(StoreError::Unexpected(fred())),
+            Self::Overloaded,
+        ]
+    }
+
     /// The stable machine-readable code in the body.
     pub fn code(&self) -> &'static str {
         match self {
@@ -196,4 +224,42 @@ pub fn task_end(e: tokio::task::JoinError) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_owned());
     format!("panicked: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Its position in [`ApiError::examples`]; exhaustive, without a
+    /// wildcard, so that a new variant does not compile until it has one.
+    fn example_index(e: &ApiError) -> usize {
+        match e {
+            ApiError::BadKey(_) => 0,
+            ApiError::BadRequest(_) => 1,
+            ApiError::KeyNotFound(_) => 2,
+            ApiError::RouteNotFound => 3,
+            ApiError::MethodNotAllowed => 4,
+            ApiError::WrongType(_) => 5,
+            ApiError::ValueNotUtf8(_) => 6,
+            ApiError::ValueTooLarge { .. } => 7,
+            ApiError::ResponseTooLarge { .. } => 8,
+            ApiError::Unavailable(_) => 9,
+            ApiError::BadGateway(_) => 10,
+            ApiError::Overloaded => 11,
+        }
+    }
+
+    #[test]
+    fn every_kind_is_in_examples() {
+        let examples = ApiError::examples();
+        let indices: Vec<usize> = examples.iter().map(example_index).collect();
+        assert_eq!(indices, (0..examples.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_message_is_one_line() {
+        for e in ApiError::examples() {
+            assert!(!e.to_string().contains('\n'), "{e:?}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod support;
 mod admission;
 mod auth;
 mod caching;
+mod contract;
 mod freshness;
 mod hostile;
 mod keys;
