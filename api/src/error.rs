@@ -74,14 +74,25 @@ impl ApiError {
     /// added without its example here.
     pub fn examples() -> Vec<ApiError> {
         let fred = || fred::error::Error::new(fred::error::ErrorKind::Unknown, "example");
-        vec![
+        let mut examples = vec![
             Self::BadKey("example".into()),
             Self::BadRequest("example".into()),
             Self::KeyNotFound("example".into()),
             Self::RouteNotFound,
             Self::MethodNotAllowed,
-            Self::WrongType("example".into()),
+            Self::WrongType {
+                key: "example".into(),
+                holds: "hash".into(),
+            },
             Self::ValueNotUtf8("example".into()),
+            Self::ValueNotJson {
+                key: "example".into(),
+                why: "example".into(),
+            },
+            Self::HashTooLarge {
+                key: "example".into(),
+                why: "example".into(),
+            },
             Self::ValueTooLarge {
                 key: "example".into(),
                 max: 1,
@@ -93,7 +104,17 @@ impl ApiError {
             }),
             Self::BadGateway(StoreError::Unexpected(fred())),
             Self::Overloaded,
-        ]
+        ];
+        // One per code it can carry.
+        examples.extend(
+            crate::metrics::REFUSAL_REASONS.map(|code| Self::NotFresh {
+                code,
+                message: "example".into(),
+            }),
+        );
+        examples.push(Self::TooManyWatchers { max: 1 });
+        examples.push(Self::WatchUnavailable("example"));
+        examples
     }
 
     /// The stable machine-readable code in the body.
@@ -239,21 +260,29 @@ mod tests {
             ApiError::KeyNotFound(_) => 2,
             ApiError::RouteNotFound => 3,
             ApiError::MethodNotAllowed => 4,
-            ApiError::WrongType(_) => 5,
+            ApiError::WrongType { .. } => 5,
             ApiError::ValueNotUtf8(_) => 6,
-            ApiError::ValueTooLarge { .. } => 7,
-            ApiError::ResponseTooLarge { .. } => 8,
-            ApiError::Unavailable(_) => 9,
-            ApiError::BadGateway(_) => 10,
-            ApiError::Overloaded => 11,
+            ApiError::ValueNotJson { .. } => 7,
+            ApiError::HashTooLarge { .. } => 8,
+            ApiError::ValueTooLarge { .. } => 9,
+            ApiError::ResponseTooLarge { .. } => 10,
+            ApiError::Unavailable(_) => 11,
+            ApiError::BadGateway(_) => 12,
+            ApiError::Overloaded => 13,
+            ApiError::NotFresh { .. } => 14,
+            ApiError::TooManyWatchers { .. } => 15,
+            ApiError::WatchUnavailable(_) => 16,
         }
     }
 
+    const KINDS: usize = 17;
+
     #[test]
     fn every_kind_is_in_examples() {
-        let examples = ApiError::examples();
-        let indices: Vec<usize> = examples.iter().map(example_index).collect();
-        assert_eq!(indices, (0..examples.len()).collect::<Vec<_>>());
+        let mut indices: Vec<usize> = ApiError::examples().iter().map(example_index).collect();
+        assert!(indices.is_sorted(), "examples in the order of example_index");
+        indices.dedup();
+        assert_eq!(indices, (0..KINDS).collect::<Vec<_>>());
     }
 
     #[test]
