@@ -208,12 +208,12 @@ struct RawSettings {
     admission_max_in_flight: Option<String>,
     admission_min_in_flight: Option<String>,
     admission_queue_ms: Option<String>,
+    admission_max_connections: Option<String>,
     position_max_wait_ms: Option<String>,
     watch_max_watchers: Option<String>,
     watch_max_keys: Option<String>,
     watch_heartbeat_seconds: Option<String>,
     watch_history: Option<String>,
-    admission_max_connections: Option<String>,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";

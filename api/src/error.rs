@@ -106,12 +106,10 @@ impl ApiError {
             Self::Overloaded,
         ];
         // One per code it can carry.
-        examples.extend(
-            crate::metrics::REFUSAL_REASONS.map(|code| Self::NotFresh {
-                code,
-                message: "example".into(),
-            }),
-        );
+        examples.extend(crate::metrics::REFUSAL_REASONS.map(|code| Self::NotFresh {
+            code,
+            message: "example".into(),
+        }));
         examples.push(Self::TooManyWatchers { max: 1 });
         examples.push(Self::WatchUnavailable("example"));
         examples
@@ -280,7 +278,10 @@ mod tests {
     #[test]
     fn every_kind_is_in_examples() {
         let mut indices: Vec<usize> = ApiError::examples().iter().map(example_index).collect();
-        assert!(indices.is_sorted(), "examples in the order of example_index");
+        assert!(
+            indices.is_sorted(),
+            "examples in the order of example_index"
+        );
         indices.dedup();
         assert_eq!(indices, (0..KINDS).collect::<Vec<_>>());
     }
