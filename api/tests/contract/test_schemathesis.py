@@ -24,6 +24,7 @@ import redis
 
 REPO = Path(__file__).resolve().parents[3]
 DOCUMENT = REPO / "api" / "openapi.yaml"
+HERE = Path(__file__).resolve().parent
 SCHEMATHESIS = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "schemathesis"
 API_BIN = Path(os.environ.get("READ_API_BIN", REPO / "target" / "debug" / "read-api"))
 # Per operation; the coverage phase adds its own cases on top.
@@ -124,6 +125,8 @@ def test_schemathesis_finds_nothing(api, tag, tmp_path):
     result = subprocess.run(
         [
             str(SCHEMATHESIS),
+            "--config-file",
+            str(HERE / "schemathesis.toml"),
             "run",
             str(DOCUMENT),
             "--url",
@@ -151,6 +154,7 @@ def test_schemathesis_finds_nothing(api, tag, tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "schemathesis_hooks.py")},
         timeout=300,
     )
     output = result.stdout + result.stderr
