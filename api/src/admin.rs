@@ -40,7 +40,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AdminState) {
                 .route(web::get().to(answer))
                 .route(web::head().to(answer))
                 .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                        allow: ApiError::GET_HEAD,
+                    })
                 })),
         );
     }

@@ -21,8 +21,10 @@ pub enum ApiError {
     KeyNotFound(String),
     #[error("no route for this path; see /v1/keys/{{key}}, /v1/keys/{{key}}/fields, /v1/keys/{{key}}/members/{{member}} and /v1/keys?key=...")]
     RouteNotFound,
-    #[error("only GET and HEAD are allowed here")]
-    MethodNotAllowed,
+    /// Another method than the path's; `allow` is the `Allow` header, the
+    /// methods it serves ([`ApiError::GET_HEAD`] on every path but `/v1/watch`).
+    #[error("only {allow} allowed here")]
+    MethodNotAllowed { allow: &'static str },
     /// The key holds a type the route does not read; `holds` is what `TYPE` says.
     #[error("key {key:?} holds {}", holds_message(holds))]
     WrongType { key: String, holds: String },
@@ -68,6 +70,9 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// The methods of every read path: `Allow` of their 405s.
+    pub const GET_HEAD: &'static str = "GET, HEAD";
+
     /// One of every kind of error, for the tests that keep the HTTP contract
     /// (api/openapi.yaml, docs/http-api.md) equal to the code. The match in
     /// `every_kind_is_in_examples` below fails to compile when a variant is
@@ -79,7 +84,10 @@ impl ApiError {
             Self::BadRequest("example".into()),
             Self::KeyNotFound("example".into()),
             Self::RouteNotFound,
-            Self::MethodNotAllowed,
+            Self::MethodNotAllowed {
+                allow: Self::GET_HEAD,
+            },
+            Self::MethodNotAllowed { allow: "GET" },
             Self::WrongType {
                 key: "example".into(),
                 holds: "hash".into(),
@@ -121,7 +129,7 @@ impl ApiError {
             Self::BadKey(_) => "bad_key",
             Self::BadRequest(_) => "bad_request",
             Self::KeyNotFound(_) | Self::RouteNotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::WrongType { .. } => "wrong_type",
             Self::ValueNotUtf8(_) => "value_not_utf8",
             Self::ValueNotJson { .. } => "value_not_json",
@@ -166,7 +174,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadKey(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::KeyNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             // What the key holds cannot be served as it is: not a 5xx (nothing
             // failed, and retrying will not help), not 413 (the request is small).
             Self::WrongType { .. }
@@ -195,8 +203,8 @@ impl ResponseError for ApiError {
             | Self::WatchUnavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
-            Self::MethodNotAllowed => {
-                response.insert_header((header::ALLOW, "GET, HEAD"));
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }
@@ -257,7 +265,7 @@ mod tests {
             ApiError::BadRequest(_) => 1,
             ApiError::KeyNotFound(_) => 2,
             ApiError::RouteNotFound => 3,
-            ApiError::MethodNotAllowed => 4,
+            ApiError::MethodNotAllowed { .. } => 4,
             ApiError::WrongType { .. } => 5,
             ApiError::ValueNotUtf8(_) => 6,
             ApiError::ValueNotJson { .. } => 7,

@@ -20,7 +20,7 @@ use std::{
 use actix_web::{
     body::BoxBody,
     dev::{ServiceRequest, ServiceResponse},
-    http::header::HeaderMap,
+    http::{header::HeaderMap, Method},
     middleware::Next,
     web, Error, HttpMessage, HttpRequest,
 };
@@ -74,6 +74,11 @@ pub async fn consistency(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
+    // Another method is a 405 whatever it asks: not a 400 for a malformed
+    // Max-Staleness, nor a 503 after waiting for a Min-Position.
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Ok(decorated(&shared.fresh, next.call(req).await?));
+    }
     match asked(req.headers(), req.query_string()) {
         Ok(None) => Ok(decorated(&shared.fresh, next.call(req).await?)),
         Ok(Some(ask)) => Box::pin(answer_asked(shared, ask, req, next)).await,

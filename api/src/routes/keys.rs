@@ -60,7 +60,9 @@ pub async fn get_one(
         return Err(ApiError::RouteNotFound);
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::MethodNotAllowed {
+            allow: ApiError::GET_HEAD,
+        });
     }
     let key = decode_key(segment, false, state.limits.max_key_bytes)?;
     if let Some(tail) = tail {

@@ -90,7 +90,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
                     observe::observe(watch.clone(), req, next)
                 }))
                 .route(web::get().to(watch::watch))
-                .default_service(web::to(method_not_allowed)),
+                // A stream has no HEAD: the headers would promise one.
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" })
+                })),
         )
         .service(
             web::resource("/v1/keys")
@@ -132,7 +135,9 @@ fn shape_route(path: &str) -> usize {
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+    Err(ApiError::MethodNotAllowed {
+        allow: ApiError::GET_HEAD,
+    })
 }
 
 async fn route_not_found() -> Result<HttpResponse, ApiError> {

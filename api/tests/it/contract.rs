@@ -30,6 +30,9 @@ const FRAMING: [&str; 5] = [
     "transfer-encoding",
 ];
 
+/// Headers that middleware adds to answers, errors included.
+const BY_MIDDLEWARE: [&str; 3] = ["x-request-id", "data-age", "replication-position"];
+
 fn document() -> Value {
     serde_norway::from_str(admin::OPENAPI).expect("api/openapi.yaml is valid YAML")
 }
@@ -222,11 +225,12 @@ fn every_error_code_status_and_header_is_documented_and_nothing_else() {
             continue;
         };
         for (place, answer) in places {
-            // x-request-id is added by the middleware, not by the error.
+            // Added by middleware, not by the error: x-request-id, and the
+            // freshness headers of the key routes.
             let listed: BTreeSet<String> = answer
                 .headers
                 .keys()
-                .filter(|name| *name != "x-request-id")
+                .filter(|name| !BY_MIDDLEWARE.contains(&name.as_str()))
                 .cloned()
                 .collect();
             for missing in headers.difference(&listed) {
@@ -274,8 +278,39 @@ fn the_admin_routes_are_the_documented_ones() {
 /// A request the probe makes, and the key it needs in Redis.
 fn probe_path(path: &str) -> Vec<String> {
     match path {
-        "/v1/keys/{key}" => ["text", "hash", "bytes", "nope", "%ZZ"]
-            .map(|k| format!("/v1/keys/{k}"))
+        "/v1/keys/{key}" => [
+            "text",
+            "hash",
+            "bytes",
+            "nope",
+            "%ZZ",
+            "text?as=json",
+            "text?as=xml",
+            "text?max-staleness=soon",
+            "text?max-staleness=1000",
+        ]
+        .map(|k| format!("/v1/keys/{k}"))
+        .to_vec(),
+        "/v1/keys/{key}/fields" => [
+            "hash/fields",
+            "hash/fields?field=f&field=x",
+            "text/fields",
+            "nope/fields",
+            "hash/fields?other=1",
+        ]
+        .map(|k| format!("/v1/keys/{k}"))
+        .to_vec(),
+        "/v1/keys/{key}/members/{member}" => [
+            "set/members/m",
+            "nope/members/m",
+            "text/members/m",
+            "set/members/%ZZ",
+        ]
+        .map(|k| format!("/v1/keys/{k}"))
+        .to_vec(),
+        // Never a 200: a stream does not end.
+        "/v1/watch" => ["", "?other=1", "?key=%ZZ"]
+            .map(|q| format!("/v1/watch{q}"))
             .to_vec(),
         "/v1/keys" => ["?key=text&key=nope", "?key=bytes", "?key=", "?other=1", ""]
             .map(|q| format!("/v1/keys{q}"))
@@ -300,6 +335,7 @@ async fn the_running_application_answers_only_what_is_documented() {
     redis.cli(&["SET", "text", "hello"]);
     redis.cli(&["HSET", "hash", "f", "v"]);
     redis.set_bytes("bytes", b"\xff\xfe");
+    redis.cli(&["SADD", "set", "m"]);
     let app = TestApp::spawn(&redis.url(), &[]).await;
     app.wait_ready(200).await;
 

@@ -411,3 +411,46 @@ async fn on_the_master_a_token_is_decided_at_once() {
     let (status, body) = app.get_json("/v1/keys/k?max-staleness=soon").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
 }
+
+/// Another method is a 405 whatever consistency it asks: the contract probe
+/// found the middleware answering 400 (a malformed `max-staleness`) or 503
+/// (no heartbeat) to a POST before the route could refuse the method.
+#[tokio::test]
+async fn another_method_is_405_whatever_it_asks() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis.url(), &[]).await;
+    app.wait_ready(200).await;
+    let other = format!("{}:1", "ab".repeat(20));
+    for (method, path, headers) in [
+        (
+            reqwest::Method::POST,
+            "/v1/keys/k?max-staleness=soon",
+            vec![],
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/keys?key=k&max-staleness=60",
+            vec![],
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/keys/k/fields",
+            vec![("min-position", other.as_str())],
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v1/keys/k/members/m",
+            vec![("max-wait", "x")],
+        ),
+    ] {
+        let response = app.send(method.clone(), path, &headers).await;
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+        assert!(
+            response.headers().contains_key("replication-position"),
+            "{method} {path}: a key route's answer"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "method_not_allowed");
+    }
+}

@@ -577,10 +577,13 @@ async fn the_bounds_are_enforced_with_clear_errors() {
             "{query}: {body}"
         );
     }
-    let response = app
-        .send(reqwest::Method::POST, "/v1/watch?key=a", &[])
-        .await;
-    assert_eq!(response.status(), 405);
+    // The stream is GET alone: its 405s said `Allow: GET, HEAD`, and a HEAD
+    // then answered 405 too.
+    for method in [reqwest::Method::POST, reqwest::Method::HEAD] {
+        let response = app.send(method.clone(), "/v1/watch?key=a", &[]).await;
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(response.headers()["allow"], "GET", "{method}");
+    }
 
     // A client that goes away frees its slot, noticed when the next write
     // to it fails: within a heartbeat (a half-closed connection may still read).
