@@ -57,20 +57,20 @@ pub fn is_query_parameter(name: &str) -> bool {
     QUERY_PARAMETERS.contains(&name)
 }
 
-/// What the middleware shares across requests.
+/// What the key routes' middleware (see [`super::observe`]) holds.
 pub struct Shared {
     pub fresh: Arc<Freshness>,
     pub metrics: ConsistencyMetrics,
 }
 
-/// The middleware around the key routes.
+/// The freshness part of the key routes' middleware.
 ///
 /// The common request asks for nothing and only gets the headers: the
 /// waiting and checking live in their own boxed future, so that this one
 /// stays the size of a few pointers (a request's futures are allocated and
 /// moved whole, and the wait's timers and locks would make it kilobytes).
 pub async fn consistency(
-    shared: Arc<Shared>,
+    shared: &Shared,
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
@@ -82,12 +82,12 @@ pub async fn consistency(
 }
 
 async fn answer_asked(
-    shared: Arc<Shared>,
+    shared: &Shared,
     ask: Ask,
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let Shared { fresh, metrics } = &*shared;
+    let Shared { fresh, metrics } = shared;
     if let Err(refusal) = meet(fresh, metrics, &ask, &req).await {
         return Ok(decorated(fresh, req.error_response(refusal)));
     }

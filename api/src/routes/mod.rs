@@ -19,7 +19,7 @@ pub use caching::{etag_of, if_none_match_matches};
 pub use keys::{decode_key, parse_batch_query};
 pub use request_id::request_id;
 
-use std::sync::Arc;
+use std::{rc::Rc, sync::Arc};
 
 use crate::{
     cache::ValueCache, error::ApiError, freshness::Freshness, metrics::Metrics, store::Store,
@@ -50,38 +50,37 @@ pub struct PublicState {
 /// Registers `/v1/keys/{key}` and `/v1/keys` (GET and HEAD), and `/v1/watch`
 /// (GET), with request metrics on each.
 pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Metrics) {
-    let one = metrics.route(keys::ONE_KEY_ROUTE);
-    let batch = metrics.route("/v1/keys");
-    let consistency = {
-        // One Arc, so that a request pays one reference count for both.
-        let shared = Arc::new(consistency::Shared {
-            fresh: Arc::clone(&state.freshness),
-            metrics: metrics.consistency.clone(),
-        });
-        move || {
-            let shared = Arc::clone(&shared);
-            from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                consistency::consistency(Arc::clone(&shared), req, next)
-            })
-        }
+    // One middleware per route for the metrics and, on the key routes, the
+    // freshness (a from_fn layer costs a boxed future and a dynamic call
+    // per request: two of them cost the freshness feature 5 % of a read).
+    // Rc: configure runs once per worker, so a request pays one
+    // non-atomic count for its route's handles.
+    let consistency = || consistency::Shared {
+        fresh: Arc::clone(&state.freshness),
+        metrics: metrics.consistency.clone(),
     };
-    let watch = metrics.route(watch::ROUTE);
+    let route = |name, consistency| {
+        let route = Rc::new(observe::Route {
+            metrics: metrics.route(name),
+            consistency,
+        });
+        from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
+            observe::observe(Rc::clone(&route), req, next)
+        })
+    };
+    let one = route(keys::ONE_KEY_ROUTE, Some(consistency()));
+    let batch = route("/v1/keys", Some(consistency()));
+    let watch = route(watch::ROUTE, None);
     cfg.app_data(web::Data::new(state))
         .service(
             web::resource(watch::ROUTE)
-                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                    observe::observe(watch.clone(), req, next)
-                }))
+                .wrap(watch)
                 .route(web::get().to(watch::watch))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
             web::resource("/v1/keys")
-                // Inside the metrics: a refusal counts as the route's 503.
-                .wrap(consistency())
-                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                    observe::observe(batch.clone(), req, next)
-                }))
+                .wrap(batch)
                 .route(web::get().to(keys::get_batch))
                 .route(web::head().to(keys::get_batch))
                 .default_service(web::to(method_not_allowed)),
@@ -91,10 +90,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
         // The handler takes the key from the raw path anyway (see keys).
         .service(
             web::scope(keys::ONE_KEY_PREFIX)
-                .wrap(consistency())
-                .wrap(from_fn(move |req: ServiceRequest, next: Next<BoxBody>| {
-                    observe::observe(one.clone(), req, next)
-                }))
+                .wrap(one)
                 .default_service(web::to(keys::get_one)),
         )
         .default_service(web::to(route_not_found));
