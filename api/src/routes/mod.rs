@@ -73,12 +73,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
     let watch = route(watch::ROUTE, None);
     cfg.app_data(web::Data::new(state))
         .service(
-            web::resource(watch::ROUTE)
-                .wrap(watch)
-                .route(web::get().to(watch::watch))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
             web::resource("/v1/keys")
                 .wrap(batch)
                 .route(web::get().to(keys::get_batch))
@@ -92,6 +86,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: PublicState, metrics: &Met
             web::scope(keys::ONE_KEY_PREFIX)
                 .wrap(one)
                 .default_service(web::to(keys::get_one)),
+        )
+        // Last: a read is matched against each service in turn, and the
+        // key routes are the ones that must be cheap.
+        .service(
+            web::resource(watch::ROUTE)
+                .wrap(watch)
+                .route(web::get().to(watch::watch))
+                .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(route_not_found));
 }
