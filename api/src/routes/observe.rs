@@ -1,6 +1,8 @@
-//! Per-route request metrics, and one log line for every server-side failure.
+//! Per-route request metrics, one log line for every server-side failure,
+//! and on the key routes the freshness (see [`super::consistency`]), in one
+//! middleware: a layer more cost a read 5 %.
 
-use std::time::Instant;
+use std::{rc::Rc, time::Instant};
 
 use actix_web::{
     body::BoxBody,
@@ -9,18 +11,31 @@ use actix_web::{
     Error,
 };
 
+use super::consistency;
 use crate::{
     error::{error_chain, ApiError},
     metrics::RouteMetrics,
 };
 
+/// What one route's middleware holds, within one worker.
+pub struct Route {
+    pub metrics: RouteMetrics,
+    /// The key routes' freshness headers and checks; `None` on the others.
+    pub consistency: Option<consistency::Shared>,
+}
+
 pub async fn observe(
-    metrics: RouteMetrics,
+    route: Rc<Route>,
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let started = Instant::now();
-    let response = next.call(req).await?;
+    // Inside the metrics: a freshness refusal counts as the route's 503.
+    let response = match &route.consistency {
+        Some(shared) => consistency::consistency(shared, req, next).await?,
+        None => next.call(req).await?,
+    };
+    let metrics = &route.metrics;
     let status = response.status();
     metrics.observe(status.as_u16(), started.elapsed().as_secs_f64());
     // A freshness refusal is the pod saying what the client asked it to.
