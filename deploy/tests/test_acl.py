@@ -343,6 +343,30 @@ def test_the_api_user_runs_what_the_api_sends(master, no_refusals):
         api.close()
 
 
+def hash_script():
+    """The API's hash script, as api/src/store/shapes.rs sends it."""
+    source = (REPO / "api/src/store/shapes.rs").read_text()
+    return re.search(r'const HASH_SCRIPT: &str = r#"(.*?)"#;', source, re.S).group(1)
+
+
+def test_the_api_user_reads_every_value_shape(master, no_refusals):
+    admin = master["admin"]
+    admin.hset("a-hash", mapping={"a": "1", "b": "22"})
+    admin.sadd("a-set", "member")
+    api = client(master, "api", master["passwords"]["api"])
+    try:
+        assert api.sismember("a-set", "member") and not api.sismember("a-set", "other")
+        assert api.type("a-hash") == "hash"
+        script = hash_script()
+        whole = api.execute_command("EVAL_RO", script, 1, "a-hash", 1 << 20, 1024)
+        assert whole[0] == 0 and dict(zip(whole[1][::2], whole[1][1::2], strict=True)) == {"a": "1", "b": "22"}
+        sha = admin.script_load(script)
+        assert api.execute_command("EVALSHA_RO", sha, 1, "a-hash", 1 << 20, 1024, "b", "x") == [0, ["22", None]]
+        assert api.execute_command("EVALSHA_RO", sha, 1, "a-set", 1 << 20, 1024) == [4, "set"]
+    finally:
+        api.close()
+
+
 def test_the_api_user_tracks_what_its_cache_holds(master, no_refusals):
     """The value cache's tracking connection, as api/src/cache/tracking.rs opens it: BCAST
     tracking redirected to itself, and the invalidation channel subscribed."""
