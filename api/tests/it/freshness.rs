@@ -424,6 +424,72 @@ async fn on_the_master_a_token_is_decided_at_once() {
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
 }
 
+/// Every shape's route takes the consistency parameters beside its own.
+#[tokio::test]
+async fn the_value_shapes_take_the_consistency_parameters() {
+    let master = RedisServer::start();
+    let port = master.port.to_string();
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    wait_for("a replica to connect", DEADLINE, || async {
+        (info_field(&master, "connected_slaves") == "1").then_some(())
+    })
+    .await;
+    let app = TestApp::spawn(&master.url(), &[("CACHE_MAX_BYTES", "1048576")]).await;
+    app.wait_ready(200).await;
+    master.cli(&["HSET", "h", "a", "1"]);
+    master.cli(&["SADD", "s", "m"]);
+    master.cli(&["SET", "doc", "{\"n\": 1}"]);
+    // Cached first, then changed: the token read sees the change.
+    assert_eq!(
+        app.get_json("/v1/keys/h/fields?field=a").await.1["fields"]["a"],
+        "1"
+    );
+    let token = position(&plain(&master), None, &["HSET", "h", "a", "2"]);
+    let (status, body) = app
+        .get_json(&format!("/v1/keys/h/fields?field=a&min-position={token}"))
+        .await;
+    assert_eq!(
+        (status, &body["fields"]["a"]),
+        (200, &serde_json::json!("2"))
+    );
+    let (status, body) = app
+        .get_json(&format!(
+            "/v1/keys/s/members/m?min-position={token}&max-wait=1"
+        ))
+        .await;
+    assert_eq!(
+        (status, &body["is_member"]),
+        (200, &serde_json::json!(true))
+    );
+    let (status, body) = app
+        .get_json(&format!("/v1/keys/doc?as=json&min-position={token}"))
+        .await;
+    assert_eq!((status, &body["value"]["n"]), (200, &serde_json::json!(1)));
+    let (status, body) = app
+        .get_json(&format!("/v1/keys?key=doc&as=json&min-position={token}"))
+        .await;
+    assert_eq!(
+        (status, &body["values"]["doc"]["n"]),
+        (200, &serde_json::json!(1))
+    );
+    // No heartbeat: every shape refuses a bound on the age it cannot know.
+    for path in [
+        "/v1/keys/h/fields",
+        "/v1/keys/s/members/m",
+        "/v1/keys/doc?as=json",
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (status, body) = app.get_json(&format!("{path}{sep}max-staleness=60")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("age_unknown")),
+            "{path}"
+        );
+    }
+    let (status, body) = app.get_json("/v1/keys/s/members/m?other=1").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+}
+
 /// Another method is a 405 whatever consistency it asks: the contract probe
 /// found the middleware answering 400 (a malformed `max-staleness`) or 503
 /// (no heartbeat) to a POST before the route could refuse the method.
