@@ -383,16 +383,22 @@ async fn a_token_from_before_a_master_restart_counts_only_if_the_new_history_kep
     assert_eq!(app.get_json("/v1/keys/k").await.0, 404, "the write is gone");
 }
 
-#[tokio::test]
-async fn on_the_master_a_token_is_decided_at_once() {
+/// A master the API reads directly, with a replica connected, so that it
+/// keeps a backlog and counts its writes (see scripts/position.sh).
+async fn master_counting_its_writes() -> (RedisServer, RedisServer) {
     let master = RedisServer::start();
     let port = master.port.to_string();
-    // A replica, so that the master keeps a backlog and counts its writes.
-    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
     wait_for("a replica to connect", DEADLINE, || async {
         (info_field(&master, "connected_slaves") == "1").then_some(())
     })
     .await;
+    (master, replica)
+}
+
+#[tokio::test]
+async fn on_the_master_a_token_is_decided_at_once() {
+    let (master, _replica) = master_counting_its_writes().await;
     let app = TestApp::spawn(&master.url(), &[("POSITION_MAX_WAIT_MS", "10000")]).await;
     app.wait_ready(200).await;
     let token = position(&plain(&master), None, &["SET", "k", "v"]);
@@ -427,13 +433,7 @@ async fn on_the_master_a_token_is_decided_at_once() {
 /// Every shape's route takes the consistency parameters beside its own.
 #[tokio::test]
 async fn the_value_shapes_take_the_consistency_parameters() {
-    let master = RedisServer::start();
-    let port = master.port.to_string();
-    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-    wait_for("a replica to connect", DEADLINE, || async {
-        (info_field(&master, "connected_slaves") == "1").then_some(())
-    })
-    .await;
+    let (master, _replica) = master_counting_its_writes().await;
     let app = TestApp::spawn(&master.url(), &[("CACHE_MAX_BYTES", "1048576")]).await;
     app.wait_ready(200).await;
     master.cli(&["HSET", "h", "a", "1"]);
